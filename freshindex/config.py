@@ -1,0 +1,202 @@
+"""Typed configuration: ``configs/default.yaml`` < a user file < environment < flags.
+
+Example::
+
+    cfg = load_config("configs/default.yaml", overrides={"table": "papers"})
+    cfg.chunking.max_tokens  # 200
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from freshindex.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
+
+# Bumped when parsing or chunking changes in a way that changes chunk text: every
+# document is then re-processed on the next run, because its fingerprint changes.
+PIPELINE_VERSION = "1"
+
+_ENV_OVERRIDES = {"FRESHINDEX_DB": "db", "FRESHINDEX_TABLE": "table"}
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    model: str = "all-MiniLM-L6-v2"
+    batch_size: int = 16
+    normalize: bool = True
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"embedding.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    max_tokens: int = 200
+    overlap_tokens: int = 32
+    section_titles: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 16:
+            raise ConfigError(f"chunking.max_tokens must be >= 16, got {self.max_tokens}")
+        if not 0 <= self.overlap_tokens < self.max_tokens // 2:
+            raise ConfigError(
+                f"chunking.overlap_tokens must be in [0, max_tokens/2), got {self.overlap_tokens}",
+                hint="overlap is the tail of one chunk repeated at the head of the next",
+            )
+
+
+@dataclass(frozen=True)
+class ParsingConfig:
+    pdf_strategy: str = "fast"
+    max_file_mb: float = 50
+
+    def __post_init__(self) -> None:
+        if self.pdf_strategy != "fast":
+            raise ConfigError(
+                f"parsing.pdf_strategy {self.pdf_strategy!r} is not supported",
+                hint="only 'fast' (pdfminer text layer) is installed; hi_res needs "
+                "unstructured-inference models that are not bundled",
+            )
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    sync: str = "full"
+    max_failure_fraction: float = 0.25
+    docs_per_batch: int = 64
+    commit_max_rows: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.sync not in ("full", "append"):
+            raise ConfigError(f"ingest.sync must be 'full' or 'append', got {self.sync!r}")
+        if not 0.0 <= self.max_failure_fraction <= 1.0:
+            raise ConfigError("ingest.max_failure_fraction must be within [0, 1]")
+        if self.docs_per_batch < 1 or self.commit_max_rows < 1:
+            raise ConfigError("ingest.docs_per_batch and ingest.commit_max_rows must be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    db: str = "./data/lancedb"
+    table: str = "docs"
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
+    parsing: ParsingConfig = field(default_factory=ParsingConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+    def __post_init__(self) -> None:
+        if not self.table or not self.table.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(
+                f"table name {self.table!r} is invalid",
+                hint="use letters, digits, '-' and '_'",
+            )
+        if self.table in ("errors", "runs"):
+            raise ConfigError(
+                f"table name {self.table!r} is reserved for freshindex's own bookkeeping",
+                hint="choose another name, e.g. 'docs'",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of every setting that changes chunk text or vectors.
+
+        Stored beside each chunk: a document is re-processed when its content hash
+        *or* this fingerprint differs from what the table holds.
+        """
+        material = {
+            "pipeline": PIPELINE_VERSION,
+            "model": self.embedding.model,
+            "normalize": self.embedding.normalize,
+            "chunking": dataclasses.asdict(self.chunking),
+            "parsing": self.parsing.pdf_strategy,
+        }
+        blob = json.dumps(material, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_SECTIONS = {
+    "embedding": EmbeddingConfig,
+    "chunking": ChunkingConfig,
+    "parsing": ParsingConfig,
+    "ingest": IngestConfig,
+}
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build a validated Config; unknown keys are refused with the list of known ones."""
+    known_top = {"db", "table", *_SECTIONS}
+    unknown = set(raw) - known_top
+    if unknown:
+        raise ConfigError(
+            f"unknown config keys: {sorted(unknown)}", hint=f"known keys: {sorted(known_top)}"
+        )
+    kwargs: dict[str, Any] = {k: raw[k] for k in ("db", "table") if raw.get(k) is not None}
+    for name, cls in _SECTIONS.items():
+        section = raw.get(name) or {}
+        fields = {f.name for f in dataclasses.fields(cls)}
+        bad = set(section) - fields
+        if bad:
+            raise ConfigError(
+                f"unknown keys in {name}: {sorted(bad)}", hint=f"known keys: {sorted(fields)}"
+            )
+        kwargs[name] = cls(**section)
+    return Config(**kwargs)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Load defaults, then ``path``, then environment variables, then ``overrides``.
+
+    ``overrides`` uses dotted keys for sections: ``{"chunking.max_tokens": 128}``;
+    ``None`` values are ignored so unset CLI flags do not clobber the file.
+    """
+    raw: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG.read_text()) or {}
+    if path is not None:
+        user_path = Path(path)
+        if not user_path.exists():
+            raise ConfigError(f"config file {user_path} does not exist")
+        raw = _merge(raw, yaml.safe_load(user_path.read_text()) or {})
+    env = os.environ if environ is None else environ
+    for var, key in _ENV_OVERRIDES.items():
+        if env.get(var):
+            raw[key] = env[var]
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, dotted, value)
+    return config_from_dict(raw)

@@ -1,0 +1,278 @@
+"""LanceDB access shared by every writer and reader: tables, the ledger, tags, bookkeeping.
+
+All writes to a chunks table go through ``commit_lock`` so that writers in several
+processes (a batch run, a stream, maintenance) serialize their commits: concurrent
+``merge_insert`` on one LanceDB table is known to leave duplicate keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+
+from freshindex.errors import SchemaMismatch, TableError
+from schemas.records import ErrorRecord
+from schemas.tables import (
+    ERRORS_SCHEMA,
+    ERRORS_TABLE,
+    INDEXED_COLUMNS,
+    RUNS_SCHEMA,
+    RUNS_TABLE,
+    chunks_schema,
+    table_metadata,
+)
+
+RUN_TAG_PREFIX = "run-"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def is_local(uri: str) -> bool:
+    scheme = urlparse(uri).scheme
+    return scheme in ("", "file") or len(scheme) == 1  # a Windows drive letter
+
+
+def connect(uri: str):
+    """Open (and for a local folder, create) the LanceDB database at ``uri``."""
+    import lancedb
+
+    if is_local(uri):
+        Path(uri.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    return lancedb.connect(uri)
+
+
+def table_names(db) -> list[str]:
+    result = db.list_tables()
+    names = getattr(result, "tables", result)
+    return list(names)
+
+
+@contextlib.contextmanager
+def commit_lock(db_uri: str, table: str) -> Iterator[None]:
+    """Serialize commits to one table across processes on this machine.
+
+    Object stores (s3://, gs://) get no lock here: Lance's own optimistic commit
+    detects conflicts there, and freshindex runs one committer per pipeline.
+    """
+    if not is_local(db_uri):
+        yield
+        return
+    folder = Path(db_uri.removeprefix("file://"))
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".{table}.commit.lock", "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def open_chunks(db, name: str):
+    if name not in table_names(db):
+        raise TableError(
+            f"table {name!r} does not exist",
+            table=name,
+            hint="run `freshindex ingest SOURCE --table NAME` first",
+        )
+    return db.open_table(name)
+
+
+def open_or_create_chunks(db, name: str, *, dim: int, model: str, settings: dict[str, Any]):
+    """Open the chunks table, creating it with the pinned schema; refuse a model mismatch."""
+    if name in table_names(db):
+        table = db.open_table(name)
+        meta = table_metadata(table.schema)
+        if meta.get("embedding_model") and meta["embedding_model"] != model:
+            raise SchemaMismatch(
+                f"table {name!r} holds vectors of {meta['embedding_model']!r}, "
+                f"the pipeline embeds with {model!r}",
+                table=name,
+                hint="write to a new table, or set embedding.model to the table's model",
+            )
+        width = table.schema.field("vector").type.list_size
+        if width != dim:
+            raise SchemaMismatch(
+                f"table {name!r} has vectors of width {width}, the model gives {dim}",
+                table=name,
+            )
+        return table
+    schema = chunks_schema(dim, model=model, settings=settings)
+    try:
+        return db.create_table(name, schema=schema)
+    except ValueError:  # created meanwhile by another writer
+        return db.open_table(name)
+
+
+def read_ledger(table) -> dict[str, tuple[str, str]]:
+    """doc_id -> (content_hash, fingerprint) of every document in the table's current version."""
+    rows = (
+        table.search()
+        .select(["doc_id", "content_hash", "fingerprint"])
+        .limit(None)
+        .to_arrow()
+    )
+    ledger: dict[str, tuple[str, str]] = {}
+    for doc_id, content_hash, fingerprint in zip(
+        rows["doc_id"].to_pylist(),
+        rows["content_hash"].to_pylist(),
+        rows["fingerprint"].to_pylist(),
+    ):
+        ledger[doc_id] = (content_hash, fingerprint)
+    return ledger
+
+
+def sql_string_list(values: Iterable[str]) -> str:
+    """A SQL IN-list of string literals, each quote doubled (values are ours: ids and hashes)."""
+    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
+
+
+def lookup_vectors(table, text_hashes: Sequence[str], model: str) -> dict[str, Any]:
+    """text_hash -> stored vector for hashes already embedded by ``model``."""
+    if not text_hashes:
+        return {}
+    found: dict[str, Any] = {}
+    unique = sorted(set(text_hashes))
+    for start in range(0, len(unique), 500):
+        part = unique[start : start + 500]
+        where = (
+            f"text_hash IN ({sql_string_list(part)}) "
+            f"AND embedding_model = '{model.replace(chr(39), chr(39) * 2)}'"
+        )
+        rows = table.search().where(where).select(["text_hash", "vector"]).limit(None).to_arrow()
+        for text_hash, vector in zip(
+            rows["text_hash"].to_pylist(), rows["vector"].to_numpy(zero_copy_only=False)
+        ):
+            found.setdefault(text_hash, vector)
+    return found
+
+
+def ensure_scalar_indexes(table) -> list[str]:
+    """Create the BTREE indexes on the key columns where missing; returns those created."""
+    if table.count_rows() == 0:
+        return []
+    existing = {tuple(ix.columns) for ix in table.list_indices()}
+    created = []
+    for column in INDEXED_COLUMNS:
+        if (column,) not in existing:
+            table.create_scalar_index(column, index_type="BTREE")
+            created.append(column)
+    return created
+
+
+def tag_version(table, tag: str, version: int) -> None:
+    tags = table.tags.list()
+    if tag in tags:
+        table.tags.update(tag, version)
+    else:
+        table.tags.create(tag, version)
+
+
+def resolve_version(table, ref: str | int) -> int:
+    """A version number, a tag, or a run id (tagged ``run-<id>``) -> version number."""
+    tags = table.tags.list()
+    text = str(ref)
+    if text in tags:
+        return int(tags[text]["version"])
+    if RUN_TAG_PREFIX + text in tags:
+        return int(tags[RUN_TAG_PREFIX + text]["version"])
+    if text.isdigit():
+        version = int(text)
+        known = {v["version"] for v in table.list_versions()}
+        if version in known:
+            return version
+    raise TableError(
+        f"no version, tag or run {text!r} in table {table.name!r}",
+        table=table.name,
+        hint="`freshindex versions --table NAME` lists them",
+    )
+
+
+def open_as_of(db, name: str, ref: str | int | None = None):
+    """Open a chunks table pinned to a version, tag or run id (latest when ``ref`` is None)."""
+    table = open_chunks(db, name)
+    if ref is not None:
+        table.checkout(resolve_version(table, ref))
+    return table
+
+
+def _bookkeeping_table(db, name: str, schema: pa.Schema):
+    if name in table_names(db):
+        return db.open_table(name)
+    try:
+        return db.create_table(name, schema=schema)
+    except ValueError:
+        return db.open_table(name)
+
+
+def append_errors(db, run_id: str, table_name: str, errors: Sequence[ErrorRecord]) -> int:
+    if not errors:
+        return 0
+    now = utcnow()
+    rows = [
+        {
+            "run_id": run_id,
+            "table_name": table_name,
+            "doc_id": e.doc_id,
+            "source_uri": e.source_uri,
+            "stage": e.stage,
+            "error_class": e.error_class,
+            "message": e.message,
+            "topic": e.topic,
+            "partition": e.partition,
+            "offset": e.offset,
+            "occurred_at": now,
+        }
+        for e in errors
+    ]
+    _bookkeeping_table(db, ERRORS_TABLE, ERRORS_SCHEMA).add(
+        pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA)
+    )
+    return len(rows)
+
+
+def append_run(db, row: dict[str, Any]) -> None:
+    full = {name: row.get(name) for name in RUNS_SCHEMA.names}
+    if isinstance(full.get("settings"), dict):
+        full["settings"] = json.dumps(full["settings"], sort_keys=True)
+    _bookkeeping_table(db, RUNS_TABLE, RUNS_SCHEMA).add(
+        pa.Table.from_pylist([full], schema=RUNS_SCHEMA)
+    )
+
+
+def read_runs(db, table_name: str | None = None) -> list[dict[str, Any]]:
+    if RUNS_TABLE not in table_names(db):
+        return []
+    rows = db.open_table(RUNS_TABLE).to_arrow().to_pylist()
+    if table_name is not None:
+        rows = [r for r in rows if r["table_name"] == table_name]
+    return sorted(rows, key=lambda r: r["started_at"] or utcnow())
+
+
+def read_errors(
+    db, *, table_name: str | None = None, run_id: str | None = None
+) -> list[dict[str, Any]]:
+    if ERRORS_TABLE not in table_names(db):
+        return []
+    rows = db.open_table(ERRORS_TABLE).to_arrow().to_pylist()
+    return [
+        r
+        for r in rows
+        if (table_name is None or r["table_name"] == table_name)
+        and (run_id is None or r["run_id"] == run_id)
+    ]
+
+
+def staging_dir(db_uri: str, table: str, run_id: str) -> str:
+    """Where workers stage a run's chunk rows before the single commit step merges them."""
+    return os.path.join(db_uri, "_staging", table, run_id)

@@ -1,0 +1,47 @@
+"""Beam options of freshindex pipelines: every other Beam option (--runner,
+--direct_num_workers, --direct_running_mode, Flink and Dataflow options) passes through.
+
+Beam only collects flags from *direct* subclasses of PipelineOptions, so each options
+class here derives from it and no flag is defined twice.
+"""
+
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from freshindex.config import Config, load_config
+
+
+class FreshIndexOptions(PipelineOptions):
+    """Flags of every freshindex pipeline; unset ones come from the config file."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument("--config", default=None, help="YAML config file")
+        parser.add_argument("--db", default=None, help="LanceDB URI (folder, s3://, gs://)")
+        parser.add_argument("--table", default=None, help="chunks table name")
+        parser.add_argument("--source", default=None, help="folder, glob, URI or .jsonl file")
+        parser.add_argument("--sync", choices=("full", "append"), default=None)
+        parser.add_argument("--embedding_model", default=None)
+        parser.add_argument("--embed_batch_size", type=int, default=None)
+        parser.add_argument("--chunk_max_tokens", type=int, default=None)
+        parser.add_argument("--chunk_overlap_tokens", type=int, default=None)
+        parser.add_argument("--max_failure_fraction", type=float, default=None)
+        parser.add_argument("--run_id", default=None, help="defaults to a UTC timestamp")
+
+    def to_config(self) -> Config:
+        """The typed config: defaults, the --config file, environment, then these flags."""
+        o = self.get_all_options()
+        return load_config(
+            o.get("config"),
+            overrides={
+                "db": o.get("db"),
+                "table": o.get("table"),
+                "embedding.model": o.get("embedding_model"),
+                "embedding.batch_size": o.get("embed_batch_size"),
+                "chunking.max_tokens": o.get("chunk_max_tokens"),
+                "chunking.overlap_tokens": o.get("chunk_overlap_tokens"),
+                "ingest.max_failure_fraction": o.get("max_failure_fraction"),
+                "ingest.sync": o.get("sync"),
+            },
+        )

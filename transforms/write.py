@@ -1,0 +1,370 @@
+"""Write: EmbeddedDocument -> rows of the versioned LanceDB chunks table, in few commits.
+
+Two steps, so parallel workers never race on the table:
+
+1. **Stage** (parallel): each worker writes its documents' rows as Parquet files under
+   ``<db>/_staging/<table>/<run id>/``. A document's rows always land in one file.
+2. **Commit** (a single step, under the table's commit lock): the staged files are merged
+   with ``merge_insert`` on ``chunk_id`` in batches of whole documents. Each merge also
+   deletes the old chunks of the documents it replaces (and, in the last one, documents
+   gone from the source), so a reader sees a document's old chunks or its new ones,
+   never both and never none. The final version is tagged ``run-<run id>`` and the run's
+   manifest row and errors are recorded.
+
+A run that dies before the commit leaves the table as it was; the next run redoes the work.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from freshindex import store
+from schemas.records import EmbeddedDocument, ErrorRecord
+from schemas.tables import chunks_schema
+from transforms.plan import TableRef
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything the write step needs to know about the run, fixed when the pipeline is built."""
+
+    run_id: str
+    kind: str
+    source: str
+    table: TableRef
+    fingerprint: str
+    model: str
+    settings: dict[str, Any]
+    sync: str
+    started_at: float
+    max_failure_fraction: float
+    commit_max_rows: int
+
+    @property
+    def staging_uri(self) -> str:
+        return store.staging_dir(self.table.db_uri, self.table.table, self.run_id)
+
+
+@dataclass(frozen=True)
+class StagedBatch:
+    path: str
+    doc_ids: tuple[str, ...]
+    rows: int
+    embedded: int
+    reused: int
+
+
+@dataclass
+class CommitResult:
+    """What one commit did; summed over a run into the manifest."""
+
+    versions: list[int] = field(default_factory=list)
+    docs_written: set[str] = field(default_factory=set)
+    docs_deleted: int = 0
+    rows: int = 0
+
+
+def _ts(epoch: float | None) -> dt.datetime | None:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC) if epoch else None
+
+
+def rows_for(
+    docs: Sequence[EmbeddedDocument], *, fingerprint: str, model: str, run_id: str, dim: int
+) -> pa.Table:
+    """Arrow rows of the chunks table for ``docs`` (the pinned schema, vectors float32)."""
+    now = store.utcnow()
+    cols: dict[str, list] = {name: [] for name in chunks_schema(dim).names}
+    vectors = []
+    for d in docs:
+        doc = d.document
+        meta = json.dumps(doc.metadata, sort_keys=True, default=str) if doc.metadata else None
+        for chunk in d.chunks:
+            cols["chunk_id"].append(chunk.chunk_id)
+            cols["doc_id"].append(doc.doc_id)
+            cols["chunk_index"].append(chunk.chunk_index)
+            cols["text"].append(chunk.text)
+            cols["text_hash"].append(chunk.text_hash)
+            cols["token_count"].append(chunk.token_count)
+            cols["title"].append(doc.title)
+            cols["section"].append(chunk.section)
+            cols["page_number"].append(chunk.page_number)
+            cols["source_uri"].append(doc.source_uri)
+            cols["content_type"].append(doc.content_type)
+            cols["content_hash"].append(doc.content_hash)
+            cols["modified_at"].append(_ts(doc.modified_at))
+            cols["fingerprint"].append(fingerprint)
+            cols["embedding_model"].append(model)
+            cols["metadata"].append(meta)
+            cols["run_id"].append(run_id)
+            cols["indexed_at"].append(now)
+        vectors.append(np.asarray(d.vectors, dtype=np.float32).reshape(len(d.chunks), dim))
+    flat = np.concatenate(vectors).reshape(-1) if vectors else np.zeros(0, np.float32)
+    schema = chunks_schema(dim)
+    arrays = []
+    for f in schema:
+        if f.name == "vector":
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim))
+        else:
+            arrays.append(pa.array(cols[f.name], f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), uri
+    return pafs.FileSystem.from_uri(uri)
+
+
+def stage_rows(table: pa.Table, staging_uri: str) -> str:
+    fs, root = _fs(staging_uri)
+    fs.create_dir(root, recursive=True)
+    name = f"{uuid.uuid4().hex}.parquet"  # a file name, not an identity: rows carry their ids
+    path = f"{root.rstrip('/')}/{name}"
+    pq.write_table(table, path, filesystem=fs)
+    return f"{staging_uri.rstrip('/')}/{name}"
+
+
+def read_staged(paths: Iterable[str]) -> pa.Table:
+    tables = []
+    for path in paths:
+        fs, p = _fs(path)
+        tables.append(pq.read_table(p, filesystem=fs))
+    return pa.concat_tables(tables) if tables else None
+
+
+def remove_staging(staging_uri: str) -> None:
+    fs, root = _fs(staging_uri)
+    try:
+        fs.delete_dir(root)
+    except (FileNotFoundError, OSError):
+        pass
+
+
+def group_for_commits(staged: Sequence[StagedBatch], max_rows: int) -> list[list[StagedBatch]]:
+    """Consecutive groups of staged files of at most ``max_rows`` rows (one file may exceed)."""
+    groups: list[list[StagedBatch]] = []
+    current: list[StagedBatch] = []
+    rows = 0
+    for batch in sorted(staged, key=lambda b: b.path):
+        if current and rows + batch.rows > max_rows:
+            groups.append(current)
+            current, rows = [], 0
+        current.append(batch)
+        rows += batch.rows
+    if current:
+        groups.append(current)
+    return groups
+
+
+def commit_changes(
+    table,
+    data: pa.Table | None,
+    *,
+    replace_docs: Iterable[str] = (),
+    delete_docs: Iterable[str] = (),
+) -> int | None:
+    """One atomic commit: upsert ``data`` by chunk id; drop other chunks of ``replace_docs``
+    and every chunk of ``delete_docs``. Returns the new version, or None if nothing to do."""
+    clear = sorted(set(replace_docs) | set(delete_docs))
+    condition = f"doc_id IN ({store.sql_string_list(clear)})" if clear else None
+    if data is None or data.num_rows == 0:
+        if condition is None:
+            return None
+        table.delete(condition)
+        return table.version
+    data = data.cast(table.schema) if data.schema != table.schema else data
+    builder = (
+        table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
+    )
+    if condition is not None:
+        builder = builder.when_not_matched_by_source_delete(condition)
+    builder.execute(data)
+    return table.version
+
+
+class _StageFn(beam.DoFn):
+    def __init__(self, spec: RunSpec):
+        self._spec = spec
+
+    def process(self, batch: list[EmbeddedDocument]) -> Iterator[StagedBatch]:
+        if not batch:
+            return
+        dim = int(np.asarray(batch[0].vectors).shape[1])
+        table = rows_for(
+            batch,
+            fingerprint=self._spec.fingerprint,
+            model=self._spec.model,
+            run_id=self._spec.run_id,
+            dim=dim,
+        )
+        path = stage_rows(table, self._spec.staging_uri)
+        yield StagedBatch(
+            path=path,
+            doc_ids=tuple(d.document.doc_id for d in batch),
+            rows=table.num_rows,
+            embedded=sum(d.embedded for d in batch),
+            reused=sum(d.reused for d in batch),
+        )
+
+
+def _vector_dim(spec: RunSpec, staged: Sequence[StagedBatch], db) -> int:
+    """The vector width: from the table or the staged rows; loads the model only when neither."""
+    if spec.table.table in store.table_names(db):
+        return db.open_table(spec.table.table).schema.field("vector").type.list_size
+    if staged:
+        first = pq.read_schema(_fs(staged[0].path)[1], filesystem=_fs(staged[0].path)[0])
+        return first.field("vector").type.list_size
+    from freshindex.config import EmbeddingConfig
+    from freshindex.embedding import get_embedder
+
+    return get_embedder(EmbeddingConfig(model=spec.model)).dim
+
+
+def commit_run(
+    spec: RunSpec,
+    staged: Sequence[StagedBatch],
+    errors: Sequence[ErrorRecord],
+    deleted: Sequence[str],
+    updated: Sequence[str],
+    docs_seen: int,
+    docs_skipped: int,
+) -> dict[str, Any]:
+    """The single commit step of a run; returns the manifest row it recorded."""
+    db = store.connect(spec.table.db_uri)
+    errors = list(errors)
+    deleted = sorted(set(deleted)) if spec.sync == "full" else []
+    if deleted and docs_seen == 0:
+        errors.append(
+            ErrorRecord(
+                stage="commit",
+                error_class="EmptySource",
+                message=f"the source matched no documents; refusing to delete all "
+                f"{len(deleted)} documents of the table",
+                source_uri=spec.source,
+            )
+        )
+        deleted = []
+    updated_set = set(updated)
+    result = CommitResult()
+    with store.commit_lock(spec.table.db_uri, spec.table.table):
+        table = store.open_or_create_chunks(
+            db,
+            spec.table.table,
+            dim=_vector_dim(spec, staged, db),
+            model=spec.model,
+            settings=spec.settings,
+        )
+        groups = group_for_commits(staged, spec.commit_max_rows)
+        for i, group in enumerate(groups):
+            data = read_staged(b.path for b in group)
+            docs_here = {d for b in group for d in b.doc_ids}
+            last = i == len(groups) - 1
+            version = commit_changes(
+                table,
+                data,
+                replace_docs=docs_here & updated_set,
+                delete_docs=deleted if last else (),
+            )
+            result.versions.append(version)
+            result.docs_written |= docs_here
+            result.rows += data.num_rows
+            log.info("commit %d/%d: %d rows -> version %s", i + 1, len(groups), data.num_rows, version)
+        if not groups and deleted:
+            result.versions.append(commit_changes(table, None, delete_docs=deleted))
+        result.docs_deleted = len(deleted)
+        store.ensure_scalar_indexes(table)
+        final_version = table.version
+        tag = store.RUN_TAG_PREFIX + spec.run_id
+        store.tag_version(table, tag, final_version)
+    failed_ids = {e.doc_id or f"{e.source_uri}:{e.message}" for e in errors}
+    total = max(docs_seen + sum(1 for e in errors if e.stage == "read"), 1)
+    status = "succeeded"
+    if len(failed_ids) / total > spec.max_failure_fraction:
+        status = "failed_threshold"
+    row = {
+        "run_id": spec.run_id,
+        "kind": spec.kind,
+        "table_name": spec.table.table,
+        "source": spec.source,
+        "settings": spec.settings,
+        "status": status,
+        "started_at": _ts(spec.started_at),
+        "finished_at": store.utcnow(),
+        "docs_seen": docs_seen,
+        "docs_skipped": docs_skipped,
+        "docs_added": len(result.docs_written - updated_set),
+        "docs_updated": len(result.docs_written & updated_set),
+        "docs_deleted": result.docs_deleted,
+        "docs_failed": len(failed_ids),
+        "chunks_embedded": sum(b.embedded for b in staged),
+        "chunks_reused": sum(b.reused for b in staged),
+        "chunks_written": result.rows,
+        "table_version": final_version,
+        "tag": tag,
+    }
+    store.append_errors(db, spec.run_id, spec.table.table, errors)
+    store.append_run(db, row)
+    remove_staging(spec.staging_uri)
+    return row
+
+
+class _CommitFn(beam.DoFn):
+    def __init__(self, spec: RunSpec):
+        self._spec = spec
+
+    def process(self, _, staged, errors, deleted, updated, docs_seen, docs_skipped):
+        started = time.monotonic()
+        row = commit_run(self._spec, staged, errors, deleted, updated, docs_seen, docs_skipped)
+        log.info("commit step took %.1fs", time.monotonic() - started)
+        yield row
+
+
+class WriteToIndex(beam.PTransform):
+    """EmbeddedDocument -> one manifest row (dict) after the run's commits.
+
+    The other inputs arrive as side inputs, so the commit runs once, after every worker
+    has staged its rows:  ``errors`` (ErrorRecord), ``deleted`` and ``updated`` (doc ids),
+    ``docs_seen`` and ``docs_skipped`` (singleton counts).
+    """
+
+    def __init__(self, spec: RunSpec, *, errors, deleted, updated, docs_seen, docs_skipped):
+        super().__init__()
+        self._spec = spec
+        self._side = (errors, deleted, updated, docs_seen, docs_skipped)
+
+    def expand(self, embedded):
+        errors, deleted, updated, docs_seen, docs_skipped = self._side
+        staged = (
+            embedded
+            | "BatchForStaging" >> beam.BatchElements(min_batch_size=64, max_batch_size=256)
+            | "StageRows" >> beam.ParDo(_StageFn(self._spec))
+        )
+        return (
+            embedded.pipeline
+            | "CommitTrigger" >> beam.Create([None])
+            | "Commit"
+            >> beam.ParDo(
+                _CommitFn(self._spec),
+                beam.pvalue.AsList(staged),
+                beam.pvalue.AsList(errors),
+                beam.pvalue.AsList(deleted),
+                beam.pvalue.AsList(updated),
+                beam.pvalue.AsSingleton(docs_seen),
+                beam.pvalue.AsSingleton(docs_skipped),
+            )
+        )
