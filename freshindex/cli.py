@@ -1,9 +1,9 @@
 """The ``freshindex`` command: one entry point, one subcommand per job.
 
-    freshindex ingest SOURCE --table NAME [--db URI] [--sync full|append] [Beam options]
-    freshindex versions --table NAME
-    freshindex rollback --to RUN_OR_VERSION --table NAME
-    freshindex errors --table NAME [--run RUN_ID]
+freshindex ingest SOURCE --table NAME [--db URI] [--sync full|append] [Beam options]
+freshindex versions --table NAME
+freshindex rollback --to RUN_OR_VERSION --table NAME
+freshindex errors --table NAME [--run RUN_ID]
 """
 
 from __future__ import annotations
@@ -104,8 +104,18 @@ def cmd_versions(args, _beam_args) -> int:
     else:
         _print_rows(
             rows,
-            ["version", "timestamp", "rows", "tags", "run", "kind", "added", "updated",
-             "deleted", "failed"],
+            [
+                "version",
+                "timestamp",
+                "rows",
+                "tags",
+                "run",
+                "kind",
+                "added",
+                "updated",
+                "deleted",
+                "failed",
+            ],
         )
     return 0
 

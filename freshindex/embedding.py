@@ -51,6 +51,7 @@ class SentenceTransformerEmbedder:
 
         # counting tokens of long texts is the point here: silence "longer than max length"
         transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
 
         path = resolve_model_path(cfg.model)
         self.model_name = cfg.model

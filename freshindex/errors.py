@@ -27,7 +27,7 @@ class SourceError(FreshIndexError):
 
 
 class DocumentError(FreshIndexError):
-    """One document failed a stage. It is recorded in the errors table, never raised out of a run."""
+    """One document failed a stage: recorded in the errors table, never raised out of a run."""
 
     stage = "document"
 
@@ -63,4 +63,4 @@ class SchemaMismatch(TableError):
 
 
 class TooManyFailures(FreshIndexError):
-    """More documents failed than ``ingest.max_failure_fraction`` allows; the run still committed."""
+    """More documents failed than ``ingest.max_failure_fraction`` allows (the run committed)."""

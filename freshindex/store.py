@@ -116,12 +116,7 @@ def open_or_create_chunks(db, name: str, *, dim: int, model: str, settings: dict
 
 def read_ledger(table) -> dict[str, tuple[str, str]]:
     """doc_id -> (content_hash, fingerprint) of every document in the table's current version."""
-    rows = (
-        table.search()
-        .select(["doc_id", "content_hash", "fingerprint"])
-        .limit(None)
-        .to_arrow()
-    )
+    rows = table.search().select(["doc_id", "content_hash", "fingerprint"]).limit(None).to_arrow()
     ledger: dict[str, tuple[str, str]] = {}
     for doc_id, content_hash, fingerprint in zip(
         rows["doc_id"].to_pylist(),

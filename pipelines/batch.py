@@ -53,9 +53,7 @@ def build_ingest(p: beam.Pipeline, cfg: Config, source: SourceSpec, run: RunSpec
     """Compose the batch pipeline on ``p``; returns the PCollection of the run's manifest row."""
     read = p | "Read" >> ReadSource(source)
     ledger = p | "Ledger" >> ReadLedger(run.table)
-    plan = {"refs": read.refs, "ledger": ledger} | "Plan" >> PlanChanges(
-        run.fingerprint, run.sync
-    )
+    plan = {"refs": read.refs, "ledger": ledger} | "Plan" >> PlanChanges(run.fingerprint, run.sync)
     parsed = plan.process | "Parse" >> Parse(cfg.parsing)
     chunked = parsed.docs | "Chunk" >> ChunkDocuments(cfg.chunking, cfg.embedding)
     embedded = chunked.chunked | "Embed" >> Embed(
@@ -118,7 +116,9 @@ def run_ingest(
     pipeline = beam.Pipeline(options=options)
     build_ingest(pipeline, cfg, spec, run)
     pipeline.run().wait_until_finish()
-    rows = [r for r in store.read_runs(store.connect(cfg.db), cfg.table) if r["run_id"] == run.run_id]
+    rows = [
+        r for r in store.read_runs(store.connect(cfg.db), cfg.table) if r["run_id"] == run.run_id
+    ]
     if not rows:
         raise RuntimeError(f"run {run.run_id} finished without recording its manifest")
     return rows[0]

@@ -74,7 +74,9 @@ def _split_to_fit(text: str, budget: int, embedder: Embedder) -> list[tuple[str,
         if m <= budget:
             out.append((sentence, m))
         else:
-            out.extend((w, embedder.count_tokens(w)) for w in _cut_by_tokens(sentence, budget, embedder))
+            out.extend(
+                (w, embedder.count_tokens(w)) for w in _cut_by_tokens(sentence, budget, embedder)
+            )
     return out
 
 

@@ -114,6 +114,6 @@ class PlanChanges(beam.PTransform):
         grouped = {"refs": keyed_refs, "ledger": inputs["ledger"]} | "JoinLedger" >> (
             beam.CoGroupByKey()
         )
-        return grouped | "Decide" >> beam.ParDo(_Decide(self._fingerprint, self._sync)).with_outputs(
-            SKIPPED, UPDATED, DELETED, ERRORS, main=PROCESS
-        )
+        return grouped | "Decide" >> beam.ParDo(
+            _Decide(self._fingerprint, self._sync)
+        ).with_outputs(SKIPPED, UPDATED, DELETED, ERRORS, main=PROCESS)

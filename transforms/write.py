@@ -16,9 +16,11 @@ A run that dies before the commit leaves the table as it was; the next run redoe
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +39,10 @@ from schemas.tables import chunks_schema
 from transforms.plan import TableRef
 
 log = logging.getLogger(__name__)
+
+# Fault injection for the crash tests: the process dies right after commit N of a run,
+# as a SIGKILL would leave it (no cleanup, no manifest).
+FAULT_CRASH_AFTER_COMMIT = "FRESHINDEX_FAULT_CRASH_AFTER_COMMIT"
 
 
 @dataclass(frozen=True)
@@ -149,10 +155,8 @@ def read_staged(paths: Iterable[str]) -> pa.Table:
 
 def remove_staging(staging_uri: str) -> None:
     fs, root = _fs(staging_uri)
-    try:
+    with contextlib.suppress(FileNotFoundError, OSError):
         fs.delete_dir(root)
-    except (FileNotFoundError, OSError):
-        pass
 
 
 def group_for_commits(staged: Sequence[StagedBatch], max_rows: int) -> list[list[StagedBatch]]:
@@ -188,9 +192,7 @@ def commit_changes(
         table.delete(condition)
         return table.version
     data = data.cast(table.schema) if data.schema != table.schema else data
-    builder = (
-        table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
-    )
+    builder = table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
     if condition is not None:
         builder = builder.when_not_matched_by_source_delete(condition)
     builder.execute(data)
@@ -283,7 +285,11 @@ def commit_run(
             result.versions.append(version)
             result.docs_written |= docs_here
             result.rows += data.num_rows
-            log.info("commit %d/%d: %d rows -> version %s", i + 1, len(groups), data.num_rows, version)
+            log.info(
+                "commit %d/%d: %d rows -> version %s", i + 1, len(groups), data.num_rows, version
+            )
+            if os.environ.get(FAULT_CRASH_AFTER_COMMIT) == str(i + 1):
+                os._exit(137)
         if not groups and deleted:
             result.versions.append(commit_changes(table, None, delete_docs=deleted))
         result.docs_deleted = len(deleted)

@@ -1,0 +1,1 @@
+"""The query layer: retrieval over a pinned table version (model gateway and agents build on it)."""
