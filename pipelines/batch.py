@@ -73,6 +73,7 @@ def build_ingest(p: beam.Pipeline, cfg: Config, source: SourceSpec, run: RunSpec
         updated=plan.updated,
         docs_seen=read.refs | "CountSeen" >> beam.combiners.Count.Globally(),
         docs_skipped=plan.skipped | "CountSkipped" >> beam.combiners.Count.Globally(),
+        docs_per_file=cfg.ingest.docs_per_batch * 4,
     )
 
 

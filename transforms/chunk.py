@@ -127,8 +127,10 @@ def chunk_document(doc: Document, cfg: ChunkingConfig, embedder: Embedder) -> tu
         head_tokens = embedder.count_tokens(head) + 2 if head else 0  # +2: joins can merge
         budget = limit - head_tokens
         pieces: list[_Piece] = []
+        # long elements are cut a little short, so the next chunk has room for the overlap
+        piece_budget = budget - cfg.overlap_tokens
         for el in body:
-            for text, n in _split_to_fit(el.text, budget, embedder):
+            for text, n in _split_to_fit(el.text, piece_budget, embedder):
                 pieces.append(_Piece(text, n, el.page_number))
         section_texts: list[tuple[str, int | None]] = []
         current: list[_Piece] = []

