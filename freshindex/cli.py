@@ -9,6 +9,8 @@ freshindex errors --table NAME [--run RUN_ID]
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
 import time
@@ -18,15 +20,20 @@ from freshindex import store
 from freshindex.config import load_config
 from freshindex.errors import FreshIndexError
 
+# Modules that contribute subcommands through ``register_cli(subparsers)``.
+PLUGIN_MODULES = ("pipelines.stream_cli", "query.cli", "freshindex.maintain")
 
-def _common(parser: argparse.ArgumentParser) -> None:
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """--config, --db, --table, --json: every subcommand that touches a table takes them."""
     parser.add_argument("--config", help="YAML config file (default: configs/default.yaml)")
     parser.add_argument("--db", help="LanceDB URI; env FRESHINDEX_DB")
     parser.add_argument("--table", help="chunks table; env FRESHINDEX_TABLE")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _config(args, **extra):
+def config_from_args(args, **extra):
+    """The typed config for a subcommand: file, environment, then its flags."""
     return load_config(args.config, overrides={"db": args.db, "table": args.table, **extra})
 
 
@@ -48,7 +55,7 @@ def cmd_ingest(args, beam_args: list[str]) -> int:
     from pipelines.batch import configure_logging, exit_code, format_summary, run_ingest
 
     configure_logging(args.verbose)
-    cfg = _config(args, **{"ingest.sync": args.sync})
+    cfg = config_from_args(args, **{"ingest.sync": args.sync})
     row = run_ingest(cfg, args.source, beam_args, args.run_id)
     if args.json:
         print(json.dumps(row, default=_json_default, indent=2))
@@ -97,7 +104,7 @@ def version_rows(db, table_name: str) -> list[dict[str, Any]]:
 
 
 def cmd_versions(args, _beam_args) -> int:
-    cfg = _config(args)
+    cfg = config_from_args(args)
     rows = version_rows(store.connect(cfg.db), cfg.table)
     if args.json:
         print(json.dumps(rows, default=_json_default, indent=2))
@@ -149,7 +156,7 @@ def rollback(db_uri: str, table_name: str, ref: str) -> dict[str, Any]:
 
 
 def cmd_rollback(args, _beam_args) -> int:
-    cfg = _config(args)
+    cfg = config_from_args(args)
     row = rollback(cfg.db, cfg.table, args.to)
     print(
         f"restored {cfg.table} to {row['source']}: now version {row['table_version']} "
@@ -159,7 +166,7 @@ def cmd_rollback(args, _beam_args) -> int:
 
 
 def cmd_errors(args, _beam_args) -> int:
-    cfg = _config(args)
+    cfg = config_from_args(args)
     db = store.connect(cfg.db)
     run_id = args.run
     if run_id == "latest":
@@ -192,26 +199,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="Unknown flags are Beam pipeline options (--runner, --direct_num_workers...).",
     )
     p.add_argument("source")
-    _common(p)
+    add_common_args(p)
     p.add_argument("--sync", choices=("full", "append"), help="default from config: full")
     p.add_argument("--run-id", dest="run_id")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_ingest, beam=True)
 
     p = sub.add_parser("versions", help="list table versions with their tags and runs")
-    _common(p)
+    add_common_args(p)
     p.set_defaults(func=cmd_versions)
 
     p = sub.add_parser("rollback", help="restore the table to a version, tag or run")
-    _common(p)
+    add_common_args(p)
     p.add_argument("--to", required=True, help="version number, tag, or run id")
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("errors", help="show recorded bad inputs")
-    _common(p)
+    add_common_args(p)
     p.add_argument("--run", help="a run id, or 'latest'")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_errors)
+
+    # Other planes add their own subcommands; each module keeps heavy imports inside the
+    # command functions so `freshindex --help` stays fast.
+    for name in PLUGIN_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register_cli(sub)
     return parser
 
 
