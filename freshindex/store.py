@@ -88,18 +88,23 @@ def open_chunks(db, name: str):
     return db.open_table(name)
 
 
+def check_model(table, model: str) -> None:
+    """Refuse to mix vectors of two models in one table."""
+    meta = table_metadata(table.schema)
+    if meta.get("embedding_model") and meta["embedding_model"] != model:
+        raise SchemaMismatch(
+            f"table {table.name!r} holds vectors of {meta['embedding_model']!r}, "
+            f"the pipeline embeds with {model!r}",
+            table=table.name,
+            hint="write to a new table, or set embedding.model to the table's model",
+        )
+
+
 def open_or_create_chunks(db, name: str, *, dim: int, model: str, settings: dict[str, Any]):
     """Open the chunks table, creating it with the pinned schema; refuse a model mismatch."""
     if name in table_names(db):
         table = db.open_table(name)
-        meta = table_metadata(table.schema)
-        if meta.get("embedding_model") and meta["embedding_model"] != model:
-            raise SchemaMismatch(
-                f"table {name!r} holds vectors of {meta['embedding_model']!r}, "
-                f"the pipeline embeds with {model!r}",
-                table=name,
-                hint="write to a new table, or set embedding.model to the table's model",
-            )
+        check_model(table, model)
         width = table.schema.field("vector").type.list_size
         if width != dim:
             raise SchemaMismatch(

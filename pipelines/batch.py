@@ -77,11 +77,14 @@ def build_ingest(p: beam.Pipeline, cfg: Config, source: SourceSpec, run: RunSpec
     )
 
 
-def current_version(db_uri: str, table: str) -> int | None:
+def current_version(db_uri: str, table: str, model: str) -> int | None:
+    """The version a run starts from (None for a new table); checks the table's model."""
     db = store.connect(db_uri)
     if table not in store.table_names(db):
         return None
-    return db.open_table(table).version
+    tbl = db.open_table(table)
+    store.check_model(tbl, model)
+    return tbl.version
 
 
 def run_ingest(
@@ -90,7 +93,7 @@ def run_ingest(
     """Run one batch ingest to completion and return its manifest row (see ``runs`` table)."""
     prepare_offline()
     spec = resolve_source(source)
-    version = current_version(cfg.db, cfg.table)
+    version = current_version(cfg.db, cfg.table, cfg.embedding.model)
     run = RunSpec(
         run_id=run_id or new_run_id(),
         kind="batch",

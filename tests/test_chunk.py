@@ -1,10 +1,12 @@
+import itertools
+
 import pytest
 
 from freshindex.config import ChunkingConfig, EmbeddingConfig
 from freshindex.embedding import FakeHashEmbedder, get_embedder
 from schemas.records import Document, Element
-from tests.test_parse import parse_file
 from tests.conftest import SAMPLES
+from tests.test_parse import parse_file
 from transforms.chunk import chunk_document
 
 
@@ -40,7 +42,7 @@ def test_consecutive_chunks_overlap():
     chunks = chunk_document(
         doc_of(para(words)), ChunkingConfig(max_tokens=50, overlap_tokens=10), FAKE
     )
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in itertools.pairwise(chunks):
         tail = a.text.split()[-5:]
         assert " ".join(tail) in b.text
 

@@ -7,7 +7,8 @@ from tests.conftest import FIXTURES, SAMPLES
 from transforms.parse import content_type_for, parse_document
 
 
-def parse_file(path, cfg=ParsingConfig()):
+def parse_file(path, cfg=None):
+    cfg = cfg or ParsingConfig()
     data = path.read_bytes()
     ref = SourceRef(path.name, str(path), sha256_hex(data), content_type_for(str(path)))
     return parse_document(ref, data, cfg)
