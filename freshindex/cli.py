@@ -19,6 +19,7 @@ from typing import Any
 from freshindex import store
 from freshindex.config import load_config
 from freshindex.errors import FreshIndexError
+from freshindex.runtime import prepare_offline
 
 # Modules that contribute subcommands through ``register_cli(subparsers)``.
 PLUGIN_MODULES = ("pipelines.stream_cli", "query.cli", "freshindex.maintain")
@@ -229,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prepare_offline()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "beam", False):

@@ -15,6 +15,13 @@ import warnings
 _prepared = False
 
 
+class _DropNoise(logging.Filter):
+    """Beam logs a warning about Google Cloud client libraries on every import; irrelevant here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
+
+
 def prepare_offline() -> None:
     global _prepared
     if _prepared:
@@ -26,6 +33,7 @@ def prepare_offline() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=".*apitools.*")
+    logging.getLogger().addFilter(_DropNoise())
     logging.getLogger("unstructured").setLevel(logging.ERROR)
     logging.getLogger("pdfminer").setLevel(logging.ERROR)
     _prepared = True

@@ -157,8 +157,18 @@ def lookup_vectors(table, text_hashes: Sequence[str], model: str) -> dict[str, A
     return found
 
 
+# The full-text index of a chunks table: LanceDB's native inverted index (BM25) on ``text``.
+FTS_COLUMN = "text"
+# Rows written after the FTS index was built are still found (LanceDB scans them without
+# the index), but that scan costs about 8 us per row and query on 2 cores: past these many
+# unindexed rows ``refresh_fts_index`` rebuilds the index.
+FTS_REFRESH_MIN_ROWS = 1_000
+FTS_REFRESH_FRACTION = 0.02
+
+
 def ensure_scalar_indexes(table) -> list[str]:
-    """Create the BTREE indexes on the key columns where missing; returns those created."""
+    """Create the BTREE indexes on the key columns and the full-text index on ``text`` where
+    missing; returns the columns indexed now (the FTS index is listed as ``text``)."""
     if table.count_rows() == 0:
         return []
     existing = {tuple(ix.columns) for ix in table.list_indices()}
@@ -167,7 +177,50 @@ def ensure_scalar_indexes(table) -> list[str]:
         if (column,) not in existing:
             table.create_scalar_index(column, index_type="BTREE")
             created.append(column)
+    if (FTS_COLUMN,) not in existing and FTS_COLUMN in table.schema.names:
+        create_fts_index(table)
+        created.append(FTS_COLUMN)
     return created
+
+
+def create_fts_index(table, *, replace: bool = False) -> None:
+    """Build (or with ``replace`` rebuild) the FTS index on ``text``: English stemming, stop
+    words removed, lower-cased and ASCII-folded. An index-only change: one new version, no
+    data rewritten and no old version pruned, so pinned readers are unaffected."""
+    from lancedb.index import FTS
+
+    table.create_index(FTS_COLUMN, config=FTS(), replace=replace)
+
+
+def fts_unindexed_rows(table) -> int | None:
+    """Rows of the table's current version that the FTS index does not cover yet (None: no
+    FTS index)."""
+    for ix in table.list_indices():
+        if tuple(ix.columns) == (FTS_COLUMN,) and str(ix.index_type).upper() == "FTS":
+            return int(table.index_stats(ix.name).num_unindexed_rows)
+    return None
+
+
+def refresh_fts_index(
+    table,
+    *,
+    min_rows: int = FTS_REFRESH_MIN_ROWS,
+    fraction: float = FTS_REFRESH_FRACTION,
+) -> bool:
+    """Rebuild the FTS index when the rows written since it was built pass
+    ``max(min_rows, fraction * total rows)``; returns whether it rebuilt.
+
+    Call it after a write commit, under the commit lock (after ``ensure_scalar_indexes``,
+    before tagging the run's version). Not ``table.optimize()``: that also prunes versions
+    older than 7 days by default, which would break ``--as-of`` reads of old runs.
+    """
+    unindexed = fts_unindexed_rows(table)
+    if unindexed is None:
+        return bool(ensure_scalar_indexes(table))
+    if unindexed == 0 or unindexed < max(min_rows, fraction * table.count_rows()):
+        return False
+    create_fts_index(table, replace=True)
+    return True
 
 
 def tag_version(table, tag: str, version: int) -> None:
