@@ -89,6 +89,32 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class MaintenanceConfig:
+    """Table upkeep: compaction, index refresh, retention, ANN index (docs/MAINTENANCE.md)."""
+
+    keep_versions: int = 20  # the last N versions are always kept
+    keep_days: float = 7.0  # and every version newer than this
+    min_version_age_minutes: float = 10.0  # never remove a version younger than this
+    after_batch: bool = True  # the batch pipeline runs upkeep at the end of every run
+    every_commits: int = 100  # the stream runs upkeep every K commits ...
+    every_minutes: float = 10.0  # ... or every T minutes, whichever comes first
+    ann_min_rows: int = 100_000  # below: exact (brute-force) vector search
+    ann_target_recall: float = 0.95  # recall@10 against exact search, on the table's own data
+    ann_sample_queries: int = 100
+    ann_rebuild_growth: float = 2.0  # rebuild the ANN index when rows grew by this factor
+
+    def __post_init__(self) -> None:
+        if self.keep_versions < 1:
+            raise ConfigError("maintenance.keep_versions must be >= 1 (the latest is always kept)")
+        if self.keep_days < 0 or self.min_version_age_minutes < 0:
+            raise ConfigError("maintenance.keep_days and min_version_age_minutes must be >= 0")
+        if not 0 < self.ann_target_recall <= 1:
+            raise ConfigError("maintenance.ann_target_recall must be within (0, 1]")
+        if self.every_commits < 1 or self.every_minutes <= 0:
+            raise ConfigError("maintenance.every_commits and every_minutes must be positive")
+
+
+@dataclass(frozen=True)
 class Config:
     db: str = "./data/lancedb"
     table: str = "docs"
@@ -96,6 +122,7 @@ class Config:
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     parsing: ParsingConfig = field(default_factory=ParsingConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
 
     def __post_init__(self) -> None:
         if not self.table or not self.table.replace("_", "").replace("-", "").isalnum():
@@ -134,6 +161,7 @@ _SECTIONS = {
     "chunking": ChunkingConfig,
     "parsing": ParsingConfig,
     "ingest": IngestConfig,
+    "maintenance": MaintenanceConfig,
 }
 
 

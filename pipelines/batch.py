@@ -106,6 +106,7 @@ def run_ingest(
         started_at=time.time(),
         max_failure_fraction=cfg.ingest.max_failure_fraction,
         commit_max_rows=cfg.ingest.commit_max_rows,
+        maintenance=cfg.maintenance if cfg.maintenance.after_batch else None,
     )
     log.info(
         "run %s: %s -> %s/%s (starting from version %s, sync=%s)",

@@ -161,7 +161,7 @@ def test_versions_and_rollback_round_trip(fake_cfg, corpus):
     assert row["table_version"] > second["table_version"]
     assert content(table_rows(fake_cfg.db)) == first_rows
     runs = store.read_runs(store.connect(fake_cfg.db), "docs")
-    assert [r["kind"] for r in runs] == ["batch", "batch", "rollback"]
+    assert [r["kind"] for r in runs if r["kind"] != "maintain"] == ["batch", "batch", "rollback"]
     # the next run after a rollback re-applies the source as it is now
     third = ingest(fake_cfg, corpus)
     assert (third["docs_updated"], third["docs_deleted"]) == (1, 1)

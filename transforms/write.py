@@ -34,6 +34,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from freshindex import store
+from freshindex.config import MaintenanceConfig
 from schemas.records import EmbeddedDocument, ErrorRecord
 from schemas.tables import chunks_schema
 from transforms.plan import TableRef
@@ -60,6 +61,7 @@ class RunSpec:
     started_at: float
     max_failure_fraction: float
     commit_max_rows: int
+    maintenance: MaintenanceConfig | None = None  # upkeep after the commit; None: skip
 
     @property
     def staging_uri(self) -> str:
@@ -323,6 +325,19 @@ def commit_run(
         "table_version": final_version,
         "tag": tag,
     }
+    if spec.maintenance is not None and (result.rows or result.docs_deleted):
+        try:
+            from freshindex.maintain import maintain
+
+            report = maintain(spec.table.db_uri, spec.table.table, spec.maintenance)
+            log.info("%s", report.summary())
+        except Exception as exc:  # the data is committed; upkeep is retried next time
+            log.warning("table upkeep failed: %s", exc)
+            errors.append(
+                ErrorRecord.from_exception(
+                    "maintain", exc, doc_id=None, source_uri=spec.table.table
+                )
+            )
     store.append_errors(db, spec.run_id, spec.table.table, errors)
     store.append_run(db, row)
     remove_staging(spec.staging_uri)
