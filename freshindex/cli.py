@@ -22,7 +22,12 @@ from freshindex.errors import FreshIndexError
 from freshindex.runtime import prepare_offline
 
 # Modules that contribute subcommands through ``register_cli(subparsers)``.
-PLUGIN_MODULES = ("pipelines.stream_cli", "query.cli", "freshindex.maintain")
+PLUGIN_MODULES = (
+    "pipelines.stream_cli",
+    "query.cli",
+    "freshindex.maintain",
+    "freshindex.evaluation",
+)
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:

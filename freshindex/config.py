@@ -3,7 +3,7 @@
 Example::
 
     cfg = load_config("configs/default.yaml", overrides={"table": "papers"})
-    cfg.chunking.max_tokens  # 200
+    cfg.chunking.max_tokens  # 254
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class EmbeddingConfig:
 
 @dataclass(frozen=True)
 class ChunkingConfig:
-    max_tokens: int = 200
+    max_tokens: int = 254
     overlap_tokens: int = 32
     section_titles: bool = True
 

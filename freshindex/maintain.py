@@ -158,7 +158,8 @@ def ensure_ann_index(db, table, cfg: MaintenanceConfig) -> dict[str, Any]:
     action = "kept"
     if existing is None or grown or not state:
         dim = table.schema.field("vector").type.list_size
-        partitions = max(1, int(math.sqrt(rows)))
+        # sqrt(rows) lists, but k-means needs ~256 training vectors per list
+        partitions = max(1, min(int(math.sqrt(rows)), rows // 256))
         sub_vectors = dim // 8 if dim % 8 == 0 else dim // 4
         started = time.monotonic()
         table.create_index(

@@ -329,3 +329,81 @@ def read_errors(
 def staging_dir(db_uri: str, table: str, run_id: str) -> str:
     """Where workers stage a run's chunk rows before the single commit step merges them."""
     return os.path.join(db_uri, "_staging", table, run_id)
+
+
+# ------------------------------------------------------------------ the stream's bookkeeping
+
+
+def ledger_of(table, doc_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """doc_id -> (content_hash, fingerprint) for those of ``doc_ids`` the table holds."""
+    wanted = sorted(set(doc_ids))
+    ledger: dict[str, tuple[str, str]] = {}
+    for start in range(0, len(wanted), 500):
+        part = wanted[start : start + 500]
+        rows = (
+            table.search()
+            .where(f"doc_id IN ({sql_string_list(part)})")
+            .select(["doc_id", "content_hash", "fingerprint"])
+            .limit(None)
+            .to_arrow()
+        )
+        for doc_id, content_hash, fingerprint in zip(
+            rows["doc_id"].to_pylist(),
+            rows["content_hash"].to_pylist(),
+            rows["fingerprint"].to_pylist(),
+        ):
+            ledger[doc_id] = (content_hash, fingerprint)
+    return ledger
+
+
+def append_stream_batch(db, row: dict[str, Any]) -> None:
+    """Record one committed micro-batch of the stream (schemas.messages.STREAM_BATCHES_SCHEMA)."""
+    from schemas.messages import STREAM_BATCHES_SCHEMA, STREAM_BATCHES_TABLE
+
+    full = {name: row.get(name) for name in STREAM_BATCHES_SCHEMA.names}
+    _bookkeeping_table(db, STREAM_BATCHES_TABLE, STREAM_BATCHES_SCHEMA).add(
+        pa.Table.from_pylist([full], schema=STREAM_BATCHES_SCHEMA)
+    )
+
+
+def read_stream_batches(
+    db,
+    *,
+    table_name: str | None = None,
+    run_id: str | None = None,
+    group_id: str | None = None,
+    columns: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The stream's batch rows, oldest first, filtered by table, run and consumer group."""
+    from schemas.messages import STREAM_BATCHES_TABLE
+
+    if STREAM_BATCHES_TABLE not in table_names(db):
+        return []
+    filters = {"table_name": table_name, "run_id": run_id, "group_id": group_id}
+    conditions = [
+        f"{column} = '{value.replace(chr(39), chr(39) * 2)}'"
+        for column, value in filters.items()
+        if value is not None
+    ]
+    query = db.open_table(STREAM_BATCHES_TABLE).search()
+    if conditions:
+        query = query.where(" AND ".join(conditions))
+    if columns is not None:
+        query = query.select(sorted({*columns, "committed_at", "batch_seq"}))
+    rows = query.limit(None).to_arrow().to_pylist()
+    return sorted(rows, key=lambda r: (r["committed_at"], r["batch_seq"]))
+
+
+def read_stream_offsets(db, table_name: str, group_id: str) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the next offset to consume, as recorded with the table's commits.
+
+    The largest recorded offset wins, so rows of two runs (or a replayed batch) never move
+    the stream backwards.
+    """
+    offsets: dict[tuple[str, int], int] = {}
+    rows = read_stream_batches(db, table_name=table_name, group_id=group_id, columns=["offsets"])
+    for row in rows:
+        for entry in row["offsets"] or ():
+            key = (entry["topic"], int(entry["partition"]))
+            offsets[key] = max(offsets.get(key, 0), int(entry["next_offset"]))
+    return offsets
