@@ -60,3 +60,13 @@ def test_clear_errors_for_bad_arguments(tmp_path, fake_cfg, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["rollback", "--config", cfg, "--to", "1"]) == 2
     assert "run `freshindex ingest" in capsys.readouterr().err
+
+
+def test_the_plain_beam_module_takes_pipeline_options(tmp_path, fake_cfg, corpus, capsys):
+    from pipelines.batch import main as beam_main
+
+    cfg = cfg_file(tmp_path, fake_cfg)
+    argv = ["--source", str(corpus), "--config", cfg, "--table", "other", "--sync", "append"]
+    assert beam_main([*argv, "--runner", "DirectRunner", "--direct_num_workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "table other" in out and "4 added" in out
