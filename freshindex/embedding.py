@@ -57,7 +57,13 @@ class SentenceTransformerEmbedder:
         self.model_name = cfg.model
         self._cfg = cfg
         self._model = SentenceTransformer(path, device=cfg.device)
-        self._tokenizer = self._model.tokenizer
+        # A private copy of the fast (Rust) tokenizer, without truncation or padding, so
+        # counting is exact and skips the transformers wrapper (a hot path of chunking).
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_str(self._model.tokenizer.backend_tokenizer.to_str())
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
         self.dim = int(self._model.get_embedding_dimension())
         # Two word-pieces go to [CLS] and [SEP].
         self.max_tokens = int(self._model.max_seq_length) - 2
@@ -75,11 +81,10 @@ class SentenceTransformerEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
     def count_tokens(self, text: str) -> int:
-        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        enc = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return [tuple(span) for span in enc["offset_mapping"]]
+        return list(self._tokenizer.encode(text, add_special_tokens=False).offsets)
 
 
 _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)

@@ -9,6 +9,7 @@ model never truncates one silently. Consecutive chunks of a section share
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterator
 
@@ -39,58 +40,62 @@ class _Piece:
         self.text, self.tokens, self.page = text, tokens, page
 
 
-def _cut_by_tokens(text: str, budget: int, embedder: Embedder) -> list[str]:
-    """Split ``text`` into windows of at most ``budget`` word-pieces, at word starts."""
-    spans = embedder.token_spans(text)
-    out, start_tok = [], 0
-    while start_tok < len(spans):
-        end_tok = min(start_tok + budget, len(spans))
-        if end_tok < len(spans):
-            # back off to a word boundary so no word is split between two chunks
-            cut = end_tok
-            while cut > start_tok + 1 and spans[cut][0] == spans[cut - 1][1]:
-                cut -= 1
-            end_tok = cut if cut > start_tok + 1 else end_tok
-        start_char = spans[start_tok][0]
-        end_char = spans[end_tok - 1][1]
-        piece = text[start_char:end_char].strip()
+def _windows(text: str, spans: list[tuple[int, int]], lo: int, hi: int, budget: int):
+    """Pieces of ``text`` covering tokens [lo, hi) in windows of at most ``budget`` tokens,
+    cut at word starts so no word is split between two pieces."""
+    out = []
+    start = lo
+    while start < hi:
+        end = min(start + budget, hi)
+        if end < hi:
+            cut = end
+            while cut > start + 1 and spans[cut][0] == spans[cut - 1][1]:
+                cut -= 1  # inside a word: back off to its first piece
+            end = cut if cut > start + 1 else end
+        piece = text[spans[start][0] : spans[end - 1][1]].strip()
         if piece:
-            out.append(piece)
-        start_tok = end_tok
+            out.append((piece, end - start))
+        start = end
     return out
 
 
 def _split_to_fit(text: str, budget: int, embedder: Embedder) -> list[tuple[str, int]]:
-    """Pieces of ``text`` that each fit ``budget``: whole text, else sentences, else windows."""
-    n = embedder.count_tokens(text)
-    if n <= budget:
-        return [(text, n)]
+    """(piece, word-pieces) covering ``text``, each within ``budget``: the whole text if it
+    fits, else its sentences, else word-aligned windows. Tokenizes ``text`` once: BERT-style
+    tokenizers split on whitespace and punctuation first, so a sentence's count is the
+    number of the text's tokens inside it."""
+    spans = embedder.token_spans(text)
+    if len(spans) <= budget:
+        return [(text, len(spans))]
+    starts = [a for a, _ in spans]
     out: list[tuple[str, int]] = []
-    for sentence in _SENTENCE_END.split(text):
-        sentence = sentence.strip()
-        if not sentence:
+    pos = 0
+    bounds = [(m.start(), m.end()) for m in _SENTENCE_END.finditer(text)] + [(len(text), len(text))]
+    for sep_start, sep_end in bounds:
+        lo, hi = bisect.bisect_left(starts, pos), bisect.bisect_left(starts, sep_start)
+        pos = sep_end
+        if hi <= lo:
             continue
-        m = embedder.count_tokens(sentence)
-        if m <= budget:
-            out.append((sentence, m))
+        if hi - lo <= budget:
+            out.append((text[spans[lo][0] : spans[hi - 1][1]], hi - lo))
         else:
-            out.extend(
-                (w, embedder.count_tokens(w)) for w in _cut_by_tokens(sentence, budget, embedder)
-            )
+            out.extend(_windows(text, spans, lo, hi, budget))
     return out
 
 
-def _tail(text: str, tokens: int, embedder: Embedder) -> str:
-    """The last ``tokens`` word-pieces of ``text``, starting at a word boundary."""
+def _tail(text: str, tokens: int, embedder: Embedder) -> tuple[str, int]:
+    """The last ``tokens`` word-pieces of ``text`` (starting at a word), and their count."""
     if tokens <= 0:
-        return ""
+        return "", 0
     spans = embedder.token_spans(text)
     if len(spans) <= tokens:
-        return ""  # the whole chunk would repeat: no useful overlap
+        return "", 0  # the whole chunk would repeat: no useful overlap
     i = len(spans) - tokens
-    while i < len(spans) and i > 0 and spans[i][0] == spans[i - 1][1]:
+    while 0 < i < len(spans) and spans[i][0] == spans[i - 1][1]:
         i += 1
-    return text[spans[i][0] :].strip() if i < len(spans) else ""
+    if i >= len(spans):
+        return "", 0
+    return text[spans[i][0] :].strip(), len(spans) - i
 
 
 def _sections(doc: Document) -> Iterator[tuple[str | None, list]]:
@@ -122,8 +127,6 @@ def chunk_document(doc: Document, cfg: ChunkingConfig, embedder: Embedder) -> tu
         if cfg.section_titles and heading:
             head_budget = limit // _MAX_HEADING_SHARE
             head = _split_to_fit(heading, head_budget, embedder)[0][0]
-            if embedder.count_tokens(head) > head_budget:
-                head = _cut_by_tokens(head, head_budget, embedder)[0]
         head_tokens = embedder.count_tokens(head) + 2 if head else 0  # +2: joins can merge
         budget = limit - head_tokens
         pieces: list[_Piece] = []
@@ -139,12 +142,10 @@ def chunk_document(doc: Document, cfg: ChunkingConfig, embedder: Embedder) -> tu
             if current and used + piece.tokens > budget:
                 body_text = "\n".join(p.text for p in current)
                 section_texts.append((body_text, current[0].page))
-                overlap = _tail(body_text, cfg.overlap_tokens, embedder)
+                overlap, n = _tail(body_text, cfg.overlap_tokens, embedder)
                 current, used = [], 0
-                if overlap:
-                    n = embedder.count_tokens(overlap)
-                    if n + piece.tokens <= budget:
-                        current, used = [_Piece(overlap, n, piece.page)], n
+                if overlap and n + piece.tokens <= budget:
+                    current, used = [_Piece(overlap, n, piece.page)], n
             current.append(piece)
             used += piece.tokens
         if current:
