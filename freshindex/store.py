@@ -119,16 +119,15 @@ def open_or_create_chunks(db, name: str, *, dim: int, model: str, settings: dict
         return db.open_table(name)
 
 
-def read_ledger(table) -> dict[str, tuple[str, str]]:
-    """doc_id -> (content_hash, fingerprint) of every document in the table's current version."""
-    rows = table.search().select(["doc_id", "content_hash", "fingerprint"]).limit(None).to_arrow()
-    ledger: dict[str, tuple[str, str]] = {}
-    for doc_id, content_hash, fingerprint in zip(
-        rows["doc_id"].to_pylist(),
-        rows["content_hash"].to_pylist(),
-        rows["fingerprint"].to_pylist(),
+def read_ledger(table) -> dict[str, tuple[str, str, str]]:
+    """doc_id -> (content_hash, fingerprint, source_uri) of every document in the table."""
+    cols = ["doc_id", "content_hash", "fingerprint", "source_uri"]
+    rows = table.search().select(cols).limit(None).to_arrow()
+    ledger: dict[str, tuple[str, str, str]] = {}
+    for doc_id, content_hash, fingerprint, source_uri in zip(
+        *(rows[c].to_pylist() for c in cols), strict=True
     ):
-        ledger[doc_id] = (content_hash, fingerprint)
+        ledger[doc_id] = (content_hash, fingerprint, source_uri)
     return ledger
 
 
@@ -161,7 +160,7 @@ def lookup_vectors(table, text_hashes: Sequence[str], model: str) -> dict[str, A
 FTS_COLUMN = "text"
 # Rows written after the FTS index was built are still found (LanceDB scans them without
 # the index), but that scan costs about 8 us per row and query on 2 cores: past these many
-# unindexed rows ``refresh_fts_index`` rebuilds the index.
+# unindexed rows ``refresh_fts_index`` folds them into the index.
 FTS_REFRESH_MIN_ROWS = 1_000
 FTS_REFRESH_FRACTION = 0.02
 
@@ -184,21 +183,26 @@ def ensure_scalar_indexes(table) -> list[str]:
 
 
 def create_fts_index(table, *, replace: bool = False) -> None:
-    """Build (or with ``replace`` rebuild) the FTS index on ``text``: English stemming, stop
-    words removed, lower-cased and ASCII-folded. An index-only change: one new version, no
-    data rewritten and no old version pruned, so pinned readers are unaffected."""
+    """Build (or with ``replace`` rebuild) the BM25 FTS index on ``text``: English stemming,
+    stop words removed, lower-cased and ASCII-folded. An index-only change: one new version,
+    no data rewritten and no old version pruned, so pinned readers are unaffected."""
     from lancedb.index import FTS
 
     table.create_index(FTS_COLUMN, config=FTS(), replace=replace)
 
 
+def _fts_index(table):
+    for ix in table.list_indices():
+        if tuple(ix.columns) == (FTS_COLUMN,) and str(ix.index_type).upper() == "FTS":
+            return ix
+    return None
+
+
 def fts_unindexed_rows(table) -> int | None:
     """Rows of the table's current version that the FTS index does not cover yet (None: no
     FTS index)."""
-    for ix in table.list_indices():
-        if tuple(ix.columns) == (FTS_COLUMN,) and str(ix.index_type).upper() == "FTS":
-            return int(table.index_stats(ix.name).num_unindexed_rows)
-    return None
+    ix = _fts_index(table)
+    return None if ix is None else int(table.index_stats(ix.name).num_unindexed_rows)
 
 
 def refresh_fts_index(
@@ -207,19 +211,22 @@ def refresh_fts_index(
     min_rows: int = FTS_REFRESH_MIN_ROWS,
     fraction: float = FTS_REFRESH_FRACTION,
 ) -> bool:
-    """Rebuild the FTS index when the rows written since it was built pass
-    ``max(min_rows, fraction * total rows)``; returns whether it rebuilt.
+    """Fold rows written since the FTS index was built into it once they pass
+    ``max(min_rows, fraction * total rows)`` (creating the index if missing); returns whether
+    it changed the table. Incremental (Lance ``optimize_indices`` on this index only: about
+    0.5 s for 5k new rows on a 125k-row table), one new version, nothing pruned or rewritten.
 
-    Call it after a write commit, under the commit lock (after ``ensure_scalar_indexes``,
-    before tagging the run's version). Not ``table.optimize()``: that also prunes versions
-    older than 7 days by default, which would break ``--as-of`` reads of old runs.
+    Call it after a write commit, under the commit lock, before tagging the run's version.
+    Not ``table.optimize()``: that also prunes versions older than 7 days by default.
     """
-    unindexed = fts_unindexed_rows(table)
-    if unindexed is None:
+    ix = _fts_index(table)
+    if ix is None:
         return bool(ensure_scalar_indexes(table))
+    unindexed = int(table.index_stats(ix.name).num_unindexed_rows)
     if unindexed == 0 or unindexed < max(min_rows, fraction * table.count_rows()):
         return False
-    create_fts_index(table, replace=True)
+    table.to_lance().optimize.optimize_indices(index_names=[ix.name])
+    table.checkout_latest()
     return True
 
 

@@ -53,7 +53,9 @@ def build_ingest(p: beam.Pipeline, cfg: Config, source: SourceSpec, run: RunSpec
     """Compose the batch pipeline on ``p``; returns the PCollection of the run's manifest row."""
     read = p | "Read" >> ReadSource(source)
     ledger = p | "Ledger" >> ReadLedger(run.table)
-    plan = {"refs": read.refs, "ledger": ledger} | "Plan" >> PlanChanges(run.fingerprint, run.sync)
+    plan = {"refs": read.refs, "ledger": ledger} | "Plan" >> PlanChanges(
+        run.fingerprint, run.sync, source.owner_prefix
+    )
     parsed = plan.process | "Parse" >> Parse(cfg.parsing)
     chunked = parsed.docs | "Chunk" >> ChunkDocuments(cfg.chunking, cfg.embedding)
     embedded = chunked.chunked | "Embed" >> Embed(

@@ -101,11 +101,11 @@ def test_removed_file_is_deleted_with_full_sync_and_kept_with_append(fake_cfg, c
     assert "notes/ducks.md" not in {r["doc_id"] for r in table_rows(fake_cfg.db)}
 
 
-def test_an_empty_source_never_wipes_the_table(fake_cfg, corpus, tmp_path):
+def test_an_empty_source_never_wipes_the_table(fake_cfg, corpus):
     ingest(fake_cfg, corpus)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    row = ingest(fake_cfg, empty)
+    for path in corpus.rglob("*.*"):
+        path.unlink()  # e.g. an unmounted share: the folder is there, its files are not
+    row = ingest(fake_cfg, corpus)
     assert row["docs_deleted"] == 0
     assert {r["doc_id"] for r in table_rows(fake_cfg.db)} == set(DOCS)
     errors = store.read_errors(store.connect(fake_cfg.db), run_id=row["run_id"])
@@ -261,3 +261,15 @@ def test_one_and_two_worker_processes_give_identical_chunk_sets(fake_cfg, tmp_pa
     assert len({r["chunk_id"] for r in rows_two}) == len(rows_two)  # no duplicate rows
     assert content(rows_two) == content(table_rows(one.db))
     assert row["docs_added"] == 30
+
+
+def test_two_sources_in_one_table_never_delete_each_other(fake_cfg, corpus, tmp_path):
+    other = write_corpus(tmp_path / "other", {"extra/x.md": "# X\n\nanother source"})
+    ingest(fake_cfg, corpus)
+    row = ingest(fake_cfg, other)  # full sync of the second source
+    assert row["docs_deleted"] == 0
+    assert {r["doc_id"] for r in table_rows(fake_cfg.db)} == {*DOCS, "extra/x.md"}
+    (other / "extra/x.md").unlink()
+    (other / "y.md").write_text("# Y\n\nstill another")
+    assert ingest(fake_cfg, other)["docs_deleted"] == 1
+    assert {r["doc_id"] for r in table_rows(fake_cfg.db)} == {*DOCS, "y.md"}

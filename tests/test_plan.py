@@ -36,3 +36,27 @@ def test_duplicate_ids_keep_one_and_record_an_error():
     assert [t for t, _ in out] == [ERRORS, PROCESS]
     assert out[0][1].error_class == "DuplicateDocumentId"
     assert out[1][1].source_uri == "/y/a"
+
+
+def test_full_sync_deletes_only_documents_of_this_source():
+    from transforms.plan import owned_by
+
+    owns = owned_by("/data/folder-a/")
+    stored = [("h1", "fp", "/data/folder-b/x.md")]
+    assert tags("x.md", [], stored, "fp", "full", owns) == []
+    assert tags("x.md", [], [("h1", "fp", "/data/folder-a/x.md")], "fp", "full", owns) == [DELETED]
+
+
+def test_source_specs_are_absolute_and_know_what_they_own(tmp_path):
+    from transforms.read import resolve_source
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "c.jsonl").write_text("")
+    folder = resolve_source(str(tmp_path / "docs"))
+    assert folder.pattern == f"{tmp_path}/docs/**" and folder.owner_prefix == f"{tmp_path}/docs/"
+    jsonl = resolve_source(str(tmp_path / "c.jsonl"))
+    assert jsonl.kind == "jsonl" and jsonl.owner_prefix == f"{tmp_path}/c.jsonl#"
+    glob = resolve_source(str(tmp_path / "docs" / "*.md"))
+    assert glob.root == f"{tmp_path}/docs" and glob.owner_prefix == f"{tmp_path}/docs/"
+    remote = resolve_source("gs://bucket/docs")
+    assert remote.pattern == "gs://bucket/docs/**" and remote.owner_prefix == "gs://bucket/docs/"

@@ -5,7 +5,9 @@ beside every chunk), read at the version the run started from. A document is
 
 - skipped when its content hash and fingerprint are unchanged (not parsed, not embedded),
 - processed when it is new or changed (``updated`` lists those the table already has),
-- deleted when the table has it and the source does not (``sync: full`` only).
+- deleted when the table has it, the source does not, and the document came from this
+  source (``sync: full`` only). Ownership is by ``source_uri``: a table fed by two folders,
+  or by a folder and a Kafka topic, never loses one source's documents to the other's sync.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ class TableRef:
     db_uri: str
     table: str
     version: int | None  # None: the table does not exist yet
+
+
+def owned_by(source_prefix: str | None):
+    """Ownership test for ``sync: full``: does a stored document's source_uri come from here?"""
+    if source_prefix is None:
+        return None
+    return lambda uri: bool(uri) and uri.startswith(source_prefix)
 
 
 class _LoadLedger(beam.DoFn):
@@ -60,11 +69,18 @@ def decide(
     ledger: list[tuple[str, str]],
     fingerprint: str,
     sync: str,
+    owns=None,
 ) -> Iterator[tuple[str, object]]:
-    """The plan for one document id: (tag, value) pairs. Pure, so tests call it directly."""
+    """The plan for one document id: (tag, value) pairs. Pure, so tests call it directly.
+
+    ``ledger`` holds (content_hash, fingerprint[, source_uri]) for a document the table has;
+    ``owns(source_uri)`` says whether a missing document may be deleted (None: any).
+    """
     if not refs:
         if ledger and sync == "full":
-            yield DELETED, doc_id
+            source_uri = ledger[0][2] if len(ledger[0]) > 2 else None
+            if owns is None or owns(source_uri):
+                yield DELETED, doc_id
         return
     if len(refs) > 1:
         uris = sorted(r.source_uri for r in refs)
@@ -81,7 +97,7 @@ def decide(
         )
     ref = sorted(refs, key=lambda r: r.source_uri)[-1]
     if ledger:
-        content_hash, stored_fingerprint = ledger[0]
+        content_hash, stored_fingerprint = ledger[0][:2]
         if content_hash == ref.content_hash and stored_fingerprint == fingerprint:
             yield SKIPPED, doc_id
             return
@@ -90,14 +106,14 @@ def decide(
 
 
 class _Decide(beam.DoFn):
-    def __init__(self, fingerprint: str, sync: str):
-        self._fingerprint, self._sync = fingerprint, sync
+    def __init__(self, fingerprint: str, sync: str, source_prefix: str | None):
+        self._fingerprint, self._sync, self._prefix = fingerprint, sync, source_prefix
 
     def process(self, grouped):
         doc_id, groups = grouped
-        for tag, value in decide(
-            doc_id, list(groups["refs"]), list(groups["ledger"]), self._fingerprint, self._sync
-        ):
+        refs, ledger = list(groups["refs"]), list(groups["ledger"])
+        owns = owned_by(self._prefix)
+        for tag, value in decide(doc_id, refs, ledger, self._fingerprint, self._sync, owns):
             yield value if tag == PROCESS else beam.pvalue.TaggedOutput(tag, value)
 
 
@@ -105,9 +121,9 @@ class PlanChanges(beam.PTransform):
     """{refs, ledger} -> outputs ``process`` (SourceRef), ``skipped``, ``updated``, ``deleted``
     (doc ids) and ``errors``."""
 
-    def __init__(self, fingerprint: str, sync: str):
+    def __init__(self, fingerprint: str, sync: str, source_prefix: str | None):
         super().__init__()
-        self._fingerprint, self._sync = fingerprint, sync
+        self._fingerprint, self._sync, self._prefix = fingerprint, sync, source_prefix
 
     def expand(self, inputs):
         keyed_refs = inputs["refs"] | "KeyRefs" >> beam.Map(lambda r: (r.doc_id, r))
@@ -115,5 +131,5 @@ class PlanChanges(beam.PTransform):
             beam.CoGroupByKey()
         )
         return grouped | "Decide" >> beam.ParDo(
-            _Decide(self._fingerprint, self._sync)
+            _Decide(self._fingerprint, self._sync, self._prefix)
         ).with_outputs(SKIPPED, UPDATED, DELETED, ERRORS, main=PROCESS)

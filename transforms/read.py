@@ -37,21 +37,29 @@ class SourceSpec:
     root: str
 
     @property
-    def is_local(self) -> bool:
-        return "://" not in self.raw or self.raw.startswith("file://")
+    def owner_prefix(self) -> str:
+        """Documents whose source_uri starts with this came from this source."""
+        if self.kind == "jsonl":
+            return self.raw + "#"
+        if self.pattern == self.raw and not (_GLOB_CHARS & set(self.raw)):
+            return self.raw  # a single file
+        return self.root.rstrip("/") + "/"
 
 
 def resolve_source(source: str) -> SourceSpec:
-    """Decide how to read ``source``; local sources are checked here, where the user gave them.
+    """Decide how to read ``source``; local sources are checked here, where the user gave them,
+    and made absolute so document URIs do not depend on the working directory.
 
-    >>> resolve_source("docs/").kind
+    >>> resolve_source("samples/corpus").kind
     'files'
     """
-    raw = source
+    local = "://" not in source or source.startswith("file://")
+    if local:
+        source = os.path.abspath(source.removeprefix("file://"))
     if source.endswith(JSONL_SUFFIXES):
-        if "://" not in source and not os.path.isfile(source):
+        if local and not os.path.isfile(source):
             raise SourceError(f"JSONL source {source} does not exist")
-        return SourceSpec(raw, "jsonl", source, posixpath.dirname(source))
+        return SourceSpec(source, "jsonl", source, posixpath.dirname(source))
     parts = source.split("/")
     if any(_GLOB_CHARS & set(p) for p in parts):
         fixed = []
@@ -59,18 +67,16 @@ def resolve_source(source: str) -> SourceSpec:
             if _GLOB_CHARS & set(p):
                 break
             fixed.append(p)
-        root = "/".join(fixed) or "."
-        return SourceSpec(raw, "files", source, root)
-    if "://" not in source:
+        return SourceSpec(source, "files", source, "/".join(fixed) or "/")
+    if local:
         if not os.path.exists(source):
             raise SourceError(
                 f"source {source} does not exist", hint="give a folder, a glob or a .jsonl file"
             )
         if os.path.isfile(source):
-            return SourceSpec(raw, "files", source, os.path.dirname(source) or ".")
-        source = os.path.abspath(source)
+            return SourceSpec(source, "files", source, os.path.dirname(source))
     root = source.rstrip("/")
-    return SourceSpec(raw, "files", root + "/**", root)
+    return SourceSpec(source, "files", root + "/**", root)
 
 
 def doc_id_for(path: str, root: str) -> str:
