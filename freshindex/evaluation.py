@@ -105,10 +105,17 @@ def score_query(ranking: Sequence[str], judged: dict[str, int]) -> dict[str, flo
     }
 
 
-def documents_from_hits(hits) -> list[str]:
-    """Chunk hits (best first) -> document ranking: each document at its best chunk's rank."""
+def documents_from_hits(hits, first_chunk_only: bool = False) -> list[str]:
+    """Chunk hits (best first) -> document ranking: each document at its best chunk's rank.
+
+    ``first_chunk_only`` represents a document by its first chunk alone (title and the
+    opening ~250 word-pieces), which is what a model that truncates whole documents at its
+    window sees: the protocol of MTEB's published numbers.
+    """
     seen: dict[str, None] = {}
     for hit in hits:
+        if first_chunk_only and getattr(hit, "chunk_index", 0) not in (0, None):
+            continue
         seen.setdefault(hit.doc_id, None)
     return list(seen)
 
@@ -123,7 +130,11 @@ Retriever = Callable[[list[str], str], list[list[Any]]]
 
 
 def evaluate(
-    dataset: BeirDataset, retrieve: Retriever, modes: Sequence[str], log=print
+    dataset: BeirDataset,
+    retrieve: Retriever,
+    modes: Sequence[str],
+    log=print,
+    first_chunk_only: bool = False,
 ) -> dict[str, Any]:
     """Per-mode mean and per-query scores; ``retrieve(queries, mode)`` returns hit lists."""
     qids = sorted(dataset.queries)
@@ -133,7 +144,7 @@ def evaluate(
         started = time.perf_counter()
         results = retrieve(texts, mode)
         per_query = {
-            qid: score_query(documents_from_hits(hits), dataset.qrels[qid])
+            qid: score_query(documents_from_hits(hits, first_chunk_only), dataset.qrels[qid])
             for qid, hits in zip(qids, results)
         }
         out[mode] = {
@@ -170,6 +181,7 @@ def run_eval(
     chunk_k: int = 300,
     retrieval_options: dict[str, Any] | None = None,
     beam_args: list[str] | None = None,
+    first_chunk_only: bool = False,
     log=print,
 ) -> dict[str, Any]:
     """Ingest (incrementally) and evaluate; returns the result document written as JSON."""
@@ -191,7 +203,7 @@ def run_eval(
         f"evaluating {len(dataset.queries)} {split} queries on {cfg.table} version "
         f"{retriever.version}"
     )
-    scores = evaluate(dataset, retriever, modes, log=log)
+    scores = evaluate(dataset, retriever, modes, log=log, first_chunk_only=first_chunk_only)
     return {
         "dataset": str(dataset.folder),
         "split": split,
@@ -205,10 +217,68 @@ def run_eval(
             "chunking": cfg.to_dict()["chunking"],
             "chunk_k": chunk_k,
             "retrieval": retrieval_options or {},
+            "document_representation": "first chunk" if first_chunk_only else "best chunk",
         },
         "ingest_run": ingest_row["run_id"] if ingest_row else None,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "modes": scores,
+    }
+
+
+FUSION_GRID = {
+    "rrf_k": (5, 10, 20, 30, 60, 100),
+    "vector_weight": (0.5, 0.75, 1.0, 1.25, 1.5, 2.0),
+}
+
+
+def tune_fusion(
+    cfg, dataset_dir, *, split: str = "train", chunk_k: int = 300, grid=FUSION_GRID, log=print
+) -> dict[str, Any]:
+    """Grid-search hybrid fusion (rrf_k, vector weight; FTS weight 1) for nDCG@10 on ``split``.
+
+    Vector and FTS candidates are retrieved once per query; each grid point only re-fuses
+    them (the same weighted RRF the query layer runs). Tune on ``train``, report ``test``.
+    """
+    from query.retrieval import fuse
+
+    dataset = load_beir(dataset_dir, split)
+    retriever = table_retriever(cfg.db, cfg.table, None, chunk_k=chunk_k)
+    qids = sorted(dataset.queries)
+    texts = [dataset.queries[q] for q in qids]
+    ranked = {mode: retriever(texts, mode) for mode in ("vector", "fts")}
+    results = []
+    for rrf_k in grid["rrf_k"]:
+        for weight in grid["vector_weight"]:
+            per_query = {}
+            for i, qid in enumerate(qids):
+                lists = {
+                    mode: [
+                        ({"chunk_id": h.chunk_id, "doc_id": h.doc_id}, h.score)
+                        for h in ranked[mode][i]
+                    ]
+                    for mode in ranked
+                }
+                fused = fuse(lists, weights={"vector": weight, "fts": 1.0}, rrf_k=rrf_k)
+                docs = list(dict.fromkeys(row["doc_id"] for row, _, _ in fused))
+                per_query[qid] = score_query(docs, dataset.qrels[qid])
+            mean = mean_scores(per_query)
+            results.append({"rrf_k": rrf_k, "vector_weight": weight, **mean})
+    best = max(results, key=lambda r: (r["ndcg@10"], r["recall@100"]))
+    default = next(r for r in results if r["rrf_k"] == 60 and r["vector_weight"] == 1.0)
+    log(
+        f"tuned on {split} ({len(qids)} queries): rrf_k={best['rrf_k']} "
+        f"vector_weight={best['vector_weight']} -> nDCG@10 {best['ndcg@10']:.4f} "
+        f"(default rrf_k=60, weight 1.0: "
+        f"{default['ndcg@10']:.4f})"
+    )
+    return {
+        "split": split,
+        "best": best,
+        "grid": results,
+        "options": {
+            "rrf_k": best["rrf_k"],
+            "weights": {"vector": best["vector_weight"], "fts": 1.0},
+        },
     }
 
 
@@ -262,6 +332,14 @@ def cmd_eval(args, beam_args) -> int:
     configure_logging()
     cfg = config_from_args(args)
     options = {}
+    tuning = None
+    if args.tune_on:
+        if not args.no_ingest and args.as_of is None:
+            from pipelines.batch import run_ingest
+
+            run_ingest(cfg, str(load_beir(args.dataset, args.tune_on).corpus), beam_args)
+        tuning = tune_fusion(cfg, args.dataset, split=args.tune_on, chunk_k=args.chunk_k)
+        options.update(tuning["options"])
     if args.rrf_k is not None:
         options["rrf_k"] = args.rrf_k
     if args.weights:
@@ -272,8 +350,11 @@ def cmd_eval(args, beam_args) -> int:
         chunk_k=args.chunk_k,
         retrieval_options=options,
         beam_args=beam_args,
+        first_chunk_only=args.first_chunk_only,
     )
     result = run_eval(cfg, args.dataset, as_of=args.as_of, ingest=not args.no_ingest, **common)
+    if tuning:
+        result["tuning"] = tuning
     print(format_table(result))
     out = Path(args.out or f"eval-{cfg.table}-v{result['table_version']}-{args.split}.json")
     out.write_text(json.dumps(result, indent=1))
@@ -324,6 +405,12 @@ def register_cli(subparsers) -> None:
     p.add_argument("--chunk-k", type=int, default=300, help="chunks retrieved per query")
     p.add_argument("--rrf-k", type=int, default=None)
     p.add_argument("--weights", type=float, nargs=2, metavar=("VECTOR", "FTS"))
+    p.add_argument("--tune-on", metavar="SPLIT", help="tune hybrid fusion on this split first")
+    p.add_argument(
+        "--first-chunk-only",
+        action="store_true",
+        help="represent a document by its first chunk (MTEB's truncation protocol)",
+    )
     p.add_argument("--out", help="result JSON path")
     p.add_argument("--compare-to", help="an earlier result JSON")
     p.add_argument("--gate", action="store_true", help=f"move the {PROD_TAG!r} tag if no drop")
