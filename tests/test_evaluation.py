@@ -57,10 +57,12 @@ def test_metric_edge_cases():
 
 def test_chunk_hits_become_a_document_ranking():
     class H:
-        def __init__(self, doc_id):
-            self.doc_id = doc_id
+        def __init__(self, doc_id, chunk_index=0):
+            self.doc_id, self.chunk_index = doc_id, chunk_index
 
-    assert documents_from_hits([H("a"), H("b"), H("a"), H("c")]) == ["a", "b", "c"]
+    hits = [H("a", 1), H("b"), H("a"), H("c", 2)]
+    assert documents_from_hits(hits) == ["a", "b", "c"]
+    assert documents_from_hits(hits, first_chunk_only=True) == ["b", "a"]
 
 
 DOCS = {
@@ -117,6 +119,23 @@ def test_eval_ingests_incrementally_and_scores_every_mode(fake_cfg, beir):
     assert runs[-1]["chunks_embedded"] == 0  # the second eval re-embedded nothing
     diff = compare(again, first)
     assert all(d == 0 for d in diff["fts"]["delta"].values())
+
+
+def test_fusion_is_tuned_on_one_split_by_re_fusing_cached_candidates(fake_cfg, beir):
+    from freshindex.evaluation import tune_fusion
+
+    run_eval(fake_cfg, beir, modes=["fts"], log=lambda *_: None)
+    grid = {"rrf_k": (1, 60), "vector_weight": (0.0, 1.0)}
+    tuned = tune_fusion(fake_cfg, beir, split="test", grid=grid, log=lambda *_: None)
+    assert len(tuned["grid"]) == 4
+    best = tuned["best"]
+    assert best["ndcg@10"] == max(g["ndcg@10"] for g in tuned["grid"])
+    assert tuned["options"] == {
+        "rrf_k": best["rrf_k"],
+        "weights": {"vector": best["vector_weight"], "fts": 1.0},
+    }
+    fts_only = next(g for g in tuned["grid"] if g["vector_weight"] == 0.0 and g["rrf_k"] == 60)
+    assert fts_only["recall@10"] == 1.0  # weight 0 for vectors: the FTS ranking alone
 
 
 def test_gate_promotes_only_without_regressions(fake_cfg, beir, tmp_path, capsys):
