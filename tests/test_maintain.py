@@ -181,5 +181,9 @@ def test_ann_index_meets_the_recall_target_on_the_tables_own_data(tmp_path):
         table, fresh_queries, 10, params["nprobes"], params.get("refine_factor")
     )
     assert recall >= 0.93
+    from query.retrieval import IndexReader
+
+    pinned = IndexReader.open(db_uri, "docs").pinned(None)
+    assert pinned.ann_params["nprobes"] == params["nprobes"]  # the query layer uses the tuning
     small = maintain(db_uri, "docs", dataclasses.replace(cfg, ann_min_rows=10**6))
     assert small.ann["action"] == "exact search"
