@@ -1,10 +1,10 @@
-"""Print the best chunk for a question (used by scripts/demo)."""
+"""Print the best chunks for a question (used by scripts/demo); `freshindex search` does more."""
 
 import argparse
 import logging
 import textwrap
 
-from query.retrieval import vector_search
+from query.retrieval import IndexReader, retrieve
 
 logging.disable(logging.WARNING)
 parser = argparse.ArgumentParser()
@@ -12,7 +12,10 @@ parser.add_argument("question")
 parser.add_argument("--db", required=True)
 parser.add_argument("--table", required=True)
 parser.add_argument("-k", type=int, default=1)
+parser.add_argument("--mode", choices=("vector", "fts", "hybrid"), default="hybrid")
+parser.add_argument("--as-of", dest="as_of", help="version number, tag or run id")
 args = parser.parse_args()
-for hit in vector_search(args.db, args.table, args.question, k=args.k):
-    print(f"{hit.doc_id}  score={hit.score:.3f}  version={hit.table_version}")
+reader = IndexReader.open(args.db, args.table)
+for hit in retrieve(reader, args.question, mode=args.mode, k=args.k, as_of=args.as_of):
+    print(f"{hit.doc_id}  score={hit.score:.3f}  {hit.mode}  version={hit.table_version}")
     print(textwrap.indent(textwrap.shorten(hit.text, 400), "    "))
