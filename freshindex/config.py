@@ -36,10 +36,15 @@ class EmbeddingConfig:
     batch_size: int = 16
     normalize: bool = True
     device: str = "cpu"
+    # bfloat16 weights encode ~2x faster on CPUs with AVX512-BF16/AMX (vectors within cosine
+    # 0.996 of float32); on CPUs without them it is slower. Part of the fingerprint.
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"embedding.batch_size must be >= 1, got {self.batch_size}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"embedding.dtype must be float32 or bfloat16, got {self.dtype!r}")
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,7 @@ class Config:
             "pipeline": PIPELINE_VERSION,
             "model": self.embedding.model,
             "normalize": self.embedding.normalize,
+            **({"dtype": self.embedding.dtype} if self.embedding.dtype != "float32" else {}),
             "chunking": dataclasses.asdict(self.chunking),
             "parsing": self.parsing.pdf_strategy,
         }

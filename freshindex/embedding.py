@@ -57,6 +57,10 @@ class SentenceTransformerEmbedder:
         self.model_name = cfg.model
         self._cfg = cfg
         self._model = SentenceTransformer(path, device=cfg.device)
+        if cfg.dtype == "bfloat16":
+            import torch
+
+            self._model.to(torch.bfloat16)
         # A private copy of the fast (Rust) tokenizer, without truncation or padding, so
         # counting is exact and skips the transformers wrapper (a hot path of chunking).
         from tokenizers import Tokenizer

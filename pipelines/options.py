@@ -45,3 +45,47 @@ class FreshIndexOptions(PipelineOptions):
                 "ingest.sync": o.get("sync"),
             },
         )
+
+
+class StreamOptions(PipelineOptions):
+    """Flags of the streaming pipeline (``python -m pipelines.stream``); the table, model and
+    chunking flags come from FreshIndexOptions. Kafka flags not given fall back to the
+    environment (KAFKA_BOOTSTRAP_SERVERS), then to the defaults of ``StreamConfig``."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        # Beam's Kafka Streams runner already owns --bootstrap_servers.
+        parser.add_argument("--kafka_bootstrap_servers", default=None, help="host:port,...")
+        parser.add_argument("--topics", default=None, help="comma-separated topics to index")
+        parser.add_argument("--group_id", default=None, help="default: freshindex-<table>")
+        parser.add_argument(
+            "--start_offset",
+            choices=("earliest", "latest"),
+            default=None,
+            help="where to start a partition that has no committed or recorded offset",
+        )
+        parser.add_argument("--batch_interval_s", type=float, default=None)
+        parser.add_argument("--max_batch_messages", type=int, default=None)
+        parser.add_argument("--max_message_bytes", type=int, default=None)
+        parser.add_argument(
+            "--stop_at_end",
+            action="store_true",
+            default=False,
+            help="index what the topics hold now, then stop (catch-up run)",
+        )
+        parser.add_argument("--duration_s", type=float, default=None, help="stop after this")
+        parser.add_argument("--dead_letter_topic", default=None)
+        parser.add_argument(
+            "--kafka_reader",
+            choices=("python", "xlang"),
+            default=None,
+            help="python: kafka-python SDF (default); xlang: Beam's Java ReadFromKafka",
+        )
+        parser.add_argument(
+            "--kafka_option",
+            action="append",
+            default=None,
+            help="KEY=VALUE kafka-python client setting (repeatable); VALUE env:NAME reads "
+            "the environment variable NAME (for secrets)",
+        )
+        parser.add_argument("--kafka_expansion_service", default=None, help="xlang only")

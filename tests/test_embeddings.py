@@ -61,3 +61,15 @@ def test_a_table_refuses_vectors_of_another_model(real_cfg, corpus, fake_cfg):
     (corpus / "new.md").write_text("# New\n\nA new document.")
     with pytest.raises(SchemaMismatch, match="holds vectors of 'fake-hash'"):
         run_ingest(other, str(corpus))
+
+
+def test_bfloat16_encoder_gives_nearly_the_same_vectors(minilm):
+    from freshindex.config import load_config
+
+    bf16 = get_embedder(EmbeddingConfig(dtype="bfloat16"))
+    texts = ["Aspirin reduces the risk of heart attack.", "Ducks are water birds."]
+    cos = (minilm.encode(texts) * bf16.encode(texts)).sum(axis=1)
+    assert bf16.encode(texts).dtype == np.float32 and cos.min() > 0.99
+    base = load_config(environ={})
+    other = load_config(overrides={"embedding.dtype": "bfloat16"}, environ={})
+    assert base.fingerprint() != other.fingerprint()  # switching dtype re-embeds

@@ -1,0 +1,438 @@
+"""Benchmark: the streaming pipeline's freshness and sustained throughput on this machine.
+
+A Tansu broker (or $KAFKA_BOOTSTRAP_SERVERS) and the stream (``python -m pipelines.stream``
+with the real bundled all-MiniLM-L6-v2 and default settings) run as separate processes.
+This script produces ~1 KB documents (SciFact abstracts; each a new document, so every
+message is parsed, chunked and embedded) at a fixed rate, and reads back what the stream
+recorded with each commit (``stream_batches``).
+
+1. **Steady**: ``--rate`` (20) docs/s for ``--seconds`` in ``--windows`` windows, each
+   drained before the next, then one window at ``--light-rate``. Freshness = commit time
+   - Kafka record timestamp, per message; p50/p99 per window, and their medians over the
+   windows at ``--rate``.
+2. **Ramp**: ``--step-seconds`` at ``--ramp-start`` docs/s, doubling while sustained
+   (halving while not), then bisecting to within 25%. The consumer group's lag is sampled
+   every second; a rate is sustained unless the mean lag over the step's last third
+   exceeds the mean over its first third by more than 1.5 s of input (the lag is a
+   sawtooth that drops at each commit, so single samples do not say much).
+3. **Context**: the encoder's ceiling (plain ``encode`` of the same kind of chunks, in
+   this process before the stream starts) and the stream's own chunks/s over its batches
+   of >= 20 messages, so a shortfall can be told apart from a slow machine.
+
+    python scripts/bench_stream.py [--corpus ../shared/data/scifact/corpus.jsonl]
+        [--windows 3 --seconds 20] [--out .bench/stream.json] [--markdown FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "scifact" / "corpus.jsonl"
+
+
+def documents(corpus: Path, n: int, size: int = 1000):
+    """~``size``-character texts: SciFact abstracts cut at a word, else synthetic text."""
+    out = []
+    if corpus.is_file():
+        with corpus.open() as handle:
+            for line in handle:
+                rec = json.loads(line)
+                text = rec["text"]
+                if len(text) < size:
+                    continue
+                out.append((rec.get("title") or "", text[:size].rsplit(" ", 1)[0] + "."))
+                if len(out) >= n:
+                    break
+    while len(out) < n:  # no corpus here: deterministic filler of the same size
+        i = len(out)
+        words = " ".join(f"term{(i * 7 + j) % 997}" for j in range(size // 8))
+        out.append((f"Synthetic {i}", words[:size]))
+    return out
+
+
+class Producer:
+    """Sends documents at a fixed rate from a thread, each a new document id."""
+
+    def __init__(self, bootstrap: str, topic: str, docs):
+        from kafka import KafkaProducer
+
+        from schemas.messages import encode_message
+
+        self._encode = encode_message
+        self._producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
+        self._topic, self._docs, self._next = topic, docs, 0
+        self.sent = 0
+
+    def run(self, rate: float, seconds: float) -> int:
+        start, n = time.monotonic(), int(rate * seconds)
+        for i in range(n):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            title, text = self._docs[self._next % len(self._docs)]
+            key, value = self._encode(f"bench-{self._next}", text=text, title=title)
+            self._producer.send(self._topic, key=key, value=value)
+            self._next += 1
+        self._producer.flush()
+        self.sent += n
+        return n
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+def next_rate(lo: float | None, hi: float | None, max_rate: float) -> float | None:
+    """Double while sustained, halve while not, then bisect to within 25%."""
+    if hi is None:
+        return lo * 2 if lo * 2 <= max_rate else None
+    if lo is None:
+        return hi / 2 if hi / 2 >= 0.5 else None
+    return (lo + hi) / 2 if hi - lo > max(1.0, 0.25 * lo) else None
+
+
+def encode_ceiling(cfg, docs, n: int = 48) -> tuple[float, float]:
+    """(chunks/s of plain ``encode`` on the chunk texts of ``n`` documents, chunks per
+    document); measured here, before the stream starts, so nothing else of ours runs."""
+    from freshindex.embedding import get_embedder
+    from schemas.records import Document
+    from transforms.chunk import chunk_document
+    from transforms.parse import elements_from_record
+
+    embedder = get_embedder(cfg.embedding)
+    texts = []
+    for i, (title, text) in enumerate(docs[:n]):
+        doc = Document(str(i), "", "", "text/plain", title, None, elements_from_record(title, text))
+        texts.extend(c.text for c in chunk_document(doc, cfg.chunking, embedder))
+    embedder.encode(texts[:8])
+    started = time.monotonic()
+    embedder.encode(texts)
+    return len(texts) / (time.monotonic() - started), len(texts) / n
+
+
+class LagSampler:
+    """Samples the group's lag every second from a thread, with its own Kafka client."""
+
+    def __init__(self, spec, tps):
+        import threading
+
+        from transforms.kafka_io import KafkaOffsets
+
+        self._offsets, self._tps = KafkaOffsets(spec), tps
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), lag(self._offsets, self._tps)))
+            self._stop.wait(1.0)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._offsets.close()
+
+    def growth(self, start: float, end: float) -> float:
+        """Mean lag over the last third of [start, end] minus the mean over the first third:
+        averages, because the lag is a sawtooth (it drops at each commit)."""
+        third = (end - start) / 3
+        first = [v for t, v in self.samples if start <= t <= start + third]
+        last = [v for t, v in self.samples if end - third <= t <= end]
+        if not first or not last:
+            return 0.0
+        return float(np.mean(last) - np.mean(first))
+
+
+def lag(offsets, tps) -> int:
+    committed = offsets.committed(tps)
+    ends = offsets.log_end(tps)
+    return sum(ends[tp] - (committed[tp] or 0) for tp in tps)
+
+
+def batches_between(db_uri: str, table: str, start: dt.datetime, end: dt.datetime):
+    from freshindex import store
+
+    rows = store.read_stream_batches(store.connect(db_uri), table_name=table)
+    return [r for r in rows if start <= r["committed_at"] <= end]
+
+
+def wait_until(predicate, timeout: float, what: str, proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the stream exited ({proc.returncode}) before {what}")
+        time.sleep(0.2)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{cpu}, {os.cpu_count()} cores (shared, noisy), load {load:.1f} at start"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("--rate", type=float, default=20.0, help="steady docs/s")
+    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=20.0, help="per steady window")
+    parser.add_argument("--light-rate", type=float, default=5.0, help="one more window at this")
+    parser.add_argument("--step-seconds", type=float, default=20.0, help="per ramp step")
+    parser.add_argument("--ramp-start", type=float, default=5.0)
+    parser.add_argument("--max-rate", type=float, default=320.0)
+    parser.add_argument("--batch-interval", type=float, default=0.5)
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="2 windows of 15 s, 10 s steps")
+    parser.add_argument(
+        "--bf16", action="store_true", help="embedding.dtype: bfloat16 (the encoder in bfloat16)"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
+    parser.add_argument("--markdown", type=Path, default=None, help="write a report here")
+    args = parser.parse_args()
+    if args.quick:
+        args.windows, args.seconds, args.step_seconds = 2, 15.0, 10.0
+
+    from kafka import TopicPartition
+
+    from freshindex.config import load_config
+    from freshindex.kafka_broker import create_topic, kafka_for_tests
+    from transforms.kafka_io import KafkaOffsets, KafkaSpec
+
+    started = time.time()
+    host = machine()
+    work = ROOT / ".bench" / f"stream-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(
+        overrides={
+            "db": str(work / "lancedb"),
+            "table": "bench",
+            "embedding.dtype": "bfloat16" if args.bf16 else None,
+        }
+    )
+    cfg_file = work / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg.to_dict()))
+    total = int(args.rate * args.seconds * args.windows + 2 * args.max_rate * args.step_seconds)
+    docs = documents(args.corpus, min(total + 50, 5000))
+    results: dict = {"machine": host, "settings": vars(args) | {"corpus": str(args.corpus)}}
+    ceiling, chunks_per_doc = encode_ceiling(cfg, docs)
+    results["encode_ceiling"] = {
+        "chunks_per_s": round(ceiling, 1),
+        "chunks_per_doc": round(chunks_per_doc, 2),
+        "docs_per_s": round(ceiling / chunks_per_doc, 1),
+    }
+    print(f"encode ceiling: {json.dumps(results['encode_ceiling'])}", flush=True)
+
+    with kafka_for_tests() as bootstrap:
+        topic = f"bench-{int(started)}"
+        create_topic(bootstrap, topic, partitions=args.partitions)
+        log_file = (work / "stream.log").open("w")
+        launch = ["-m", "pipelines.stream"]
+        command = [
+            sys.executable,
+            *launch,
+            "--streaming",
+            "--config",
+            str(cfg_file),
+            "--topics",
+            topic,
+            "--kafka_bootstrap_servers",
+            bootstrap,
+            "--batch_interval_s",
+            str(args.batch_interval),
+        ]
+        stream = subprocess.Popen(command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+        producer = Producer(bootstrap, topic, docs)
+        spec = KafkaSpec(bootstrap, (topic,), f"freshindex-{cfg.table}")
+        offsets = KafkaOffsets(spec)
+        tps = [TopicPartition(topic, p) for p in range(args.partitions)]
+        try:
+            # warm-up: the stream loads the model and builds the indexes on its first batch
+            producer.run(args.rate, 2)
+            wait_until(lambda: lag(offsets, tps) == 0, 300, "the warm-up batch", stream)
+            time.sleep(2)
+
+            windows = []
+            rates = [args.rate] * args.windows + ([args.light_rate] if args.light_rate else [])
+            for w, rate in enumerate(rates):
+                t0 = dt.datetime.now(dt.UTC)
+                producer.run(rate, args.seconds)
+                wait_until(lambda: lag(offsets, tps) == 0, 900, "the window to drain", stream)
+                t1 = dt.datetime.now(dt.UTC)
+                rows = batches_between(cfg.db, cfg.table, t0, t1)
+                fresh = [f for r in rows for f in r["freshness_ms"]]
+                sizes = [r["messages"] for r in rows if r["messages"]]
+                windows.append(
+                    {
+                        "rate": rate,
+                        "messages": len(fresh),
+                        "batches": len(sizes),
+                        "batch_size_median": statistics.median(sizes) if sizes else 0,
+                        "freshness_p50_s": float(np.percentile(fresh, 50)) / 1000,
+                        "freshness_p99_s": float(np.percentile(fresh, 99)) / 1000,
+                        "freshness_max_s": max(fresh) / 1000,
+                        "batch_seconds_median": statistics.median(
+                            r["duration_ms"] / 1000 for r in rows if r["messages"]
+                        ),
+                    }
+                )
+                print(f"steady window {w + 1}: {json.dumps(windows[-1])}", flush=True)
+                time.sleep(1)
+            at_rate = [x for x in windows if x["rate"] == args.rate]
+            light = [x for x in windows if x["rate"] != args.rate]
+            results["steady"] = {
+                "rate": args.rate,
+                "windows": windows,
+                "freshness_p50_s": statistics.median(x["freshness_p50_s"] for x in at_rate),
+                "freshness_p99_s": statistics.median(x["freshness_p99_s"] for x in at_rate),
+                "light": light[0] if light else None,
+            }
+
+            steps, rate, lo, hi = [], args.ramp_start, None, None
+            while rate and len(steps) < 6:
+                before = sum((offsets.committed(tps)[tp] or 0) for tp in tps)
+                t0 = time.monotonic()
+                with LagSampler(spec, tps) as sampler:
+                    producer.run(rate, args.step_seconds)
+                produce_s = time.monotonic() - t0
+                growth = sampler.growth(t0, t0 + produce_s)
+                done = sum((offsets.committed(tps)[tp] or 0) for tp in tps) - before
+                step = {
+                    "rate": round(rate, 2),
+                    "produced_per_s": round(args.step_seconds * rate / produce_s, 1),
+                    "committed_per_s": round(done / (time.monotonic() - t0), 1),
+                    "lag_at_end": sampler.samples[-1][1] if sampler.samples else None,
+                    "lag_growth": round(growth, 1),
+                    "sustained": growth <= 1.5 * rate,
+                }
+                steps.append(step)
+                print(f"ramp: {json.dumps(step)}", flush=True)
+                wait_until(lambda: lag(offsets, tps) == 0, 900, "the step to drain", stream)
+                if step["sustained"]:
+                    lo = rate
+                else:
+                    hi = rate
+                rate = next_rate(lo, hi, args.max_rate)
+            sustained = lo
+            overloaded = [s for s in steps if not s["sustained"]]
+            results["ramp"] = {
+                "steps": steps,
+                "max_sustained_docs_per_s": sustained,
+                "capacity_docs_per_s": overloaded[0]["committed_per_s"] if overloaded else None,
+            }
+        finally:
+            offsets.close()
+            producer.close()
+            stream.send_signal(signal.SIGTERM)
+            try:
+                stream.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                stream.kill()
+            log_file.close()
+    from freshindex import store
+
+    rows = store.read_stream_batches(store.connect(cfg.db), table_name=cfg.table)
+    busy = [r for r in rows if r["messages"] >= 20]
+    if busy:
+        seconds = sum(r["duration_ms"] for r in busy) / 1000
+        results["stream_busy"] = {
+            "batches": len(busy),
+            "chunks_per_s": round(sum(r["chunks_embedded"] for r in busy) / seconds, 1),
+            "docs_per_s": round(sum(r["messages"] for r in busy) / seconds, 1),
+        }
+    summary = (work / "stream.log").read_text().split("stream run ")[-1].splitlines()[:3]
+    results["stream_summary"] = "stream run " + "\n".join(summary)
+    results["seconds"] = round(time.time() - started, 1)
+    results["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    results["command"] = "python scripts/bench_stream.py " + " ".join(sys.argv[1:])
+    print(json.dumps(results, indent=2, default=str))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2, default=str))
+    if args.markdown:
+        args.markdown.write_text(report(results))
+    return 0
+
+
+def report(r: dict) -> str:
+    steady, ramp, busy = r["steady"], r["ramp"], r.get("stream_busy") or {}
+    lines = [
+        "| window | docs/s | messages | batches | median batch | p50 | p99 | max | batch time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, w in enumerate(steady["windows"], 1):
+        lines.append(
+            f"| {i} | {w['rate']:g} | {w['messages']} | {w['batches']} | "
+            f"{w['batch_size_median']:g} | "
+            f"{w['freshness_p50_s']:.2f} s | {w['freshness_p99_s']:.2f} s | "
+            f"{w['freshness_max_s']:.2f} s | {w['batch_seconds_median']:.2f} s |"
+        )
+    steps = ["| rate (docs/s) | produced/s | committed/s | lag at end | lag growth/s | sustained |"]
+    steps.append("|---|---|---|---|---|---|")
+    for s in ramp["steps"]:
+        steps.append(
+            f"| {s['rate']:g} | {s['produced_per_s']} | {s['committed_per_s']} | "
+            f"{s['lag_at_end']} | {s['lag_growth']} | {'yes' if s['sustained'] else 'no'} |"
+        )
+    what_if = " **What-if: encoder weights in bfloat16.**" if r["settings"]["bf16"] else ""
+    return "\n".join(
+        [
+            f"Run {r['date']} on {r['machine']}; {r['seconds']:.0f} s in all.{what_if}",
+            f"`{r['command']}`",
+            "",
+            f"**Steady {steady['rate']:g} docs/s** (~1 KB each): freshness p50 "
+            f"**{steady['freshness_p50_s']:.2f} s**, p99 **{steady['freshness_p99_s']:.2f} s** "
+            "(medians over windows).",
+            "",
+            *lines,
+            "",
+            f"**Ramp**: max sustained **{ramp['max_sustained_docs_per_s']} docs/s**; "
+            f"committed while overloaded: {ramp['capacity_docs_per_s']} docs/s.",
+            "",
+            f"Encoder ceiling measured in the same run (plain `encode` of the same kind of "
+            f"chunks): {r['encode_ceiling']['chunks_per_s']} chunks/s = "
+            f"{r['encode_ceiling']['docs_per_s']} docs/s at "
+            f"{r['encode_ceiling']['chunks_per_doc']} chunks/doc. The stream's batches of "
+            f">= 20 messages ran at {busy.get('chunks_per_s')} chunks/s "
+            f"({busy.get('docs_per_s')} docs/s) of batch time.",
+            "",
+            *steps,
+            "",
+            "```",
+            r["stream_summary"],
+            "```",
+            "",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

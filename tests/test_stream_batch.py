@@ -1,0 +1,278 @@
+"""Micro-batches applied to a real LanceDB without a broker (``BatchIndexer`` driven directly),
+with the FAKE embedder: one commit per batch, errors as data, offsets recorded with the
+commit, idempotent replays, and agreement with the batch pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import zlib
+
+import pytest
+
+from freshindex import store
+from pipelines.batch import run_ingest
+from pipelines.stream import BatchIndexer, StreamRun, split_batches, stream_config
+from schemas.messages import KafkaRecord, PollBatch, encode_message
+from tests.conftest import DOCS, table_rows
+from transforms.kafka_io import PartitionStart
+
+
+class Topic:
+    """An in-memory stand-in for a topic: records with offsets per partition."""
+
+    def __init__(self, name="docs", partitions=2):
+        self.name, self.partitions = name, partitions
+        self.next = [0] * partitions
+        self.log: list[KafkaRecord] = []
+
+    def send(self, doc_id, value=None, *, partition=None, **message):
+        if value is None and message:
+            _, value = encode_message(doc_id, **message)
+        elif isinstance(value, dict):
+            value = json.dumps(value).encode()
+        part = zlib.crc32(doc_id.encode()) % self.partitions if partition is None else partition
+        rec = KafkaRecord(
+            self.name, part, self.next[part], doc_id.encode(), value, int(time.time() * 1000)
+        )
+        self.next[part] += 1
+        self.log.append(rec)
+        return rec
+
+    def polls(self, records=None) -> list[PollBatch]:
+        """One read per partition covering ``records`` (default: the whole log)."""
+        records = self.log if records is None else records
+        out = []
+        for part in range(self.partitions):
+            mine = [r for r in records if r.partition == part]
+            if mine:
+                out.append(
+                    PollBatch(
+                        self.name,
+                        part,
+                        mine[0].offset,
+                        mine[-1].offset + 1,
+                        tuple(mine),
+                        time.time(),
+                        self.next[part],
+                    )
+                )
+        return out
+
+    def starts(self):
+        return tuple(PartitionStart(self.name, p, 0) for p in range(self.partitions))
+
+
+def indexer_for(cfg, topic, run_id="r1"):
+    run = StreamRun(
+        run_id=run_id,
+        cfg=cfg,
+        stream=stream_config(cfg, topics=topic.name, bootstrap_servers="unused:9092"),
+        starts=topic.starts(),
+        started_at=time.time(),
+    )
+    indexer = BatchIndexer(run)
+    return indexer, indexer.initial_progress()
+
+
+def content(rows):
+    return sorted((r["doc_id"], r["chunk_id"], r["text"]) for r in rows)
+
+
+def versions(cfg):
+    return len(store.open_chunks(store.connect(cfg.db), cfg.table).list_versions())
+
+
+def test_a_micro_batch_is_one_commit_with_errors_and_offsets(fake_cfg, tmp_path, corpus):
+    topic = Topic()
+    topic.send("a", text="Alpha is the first letter.", title="Alpha")
+    topic.send("b", text="Beta is the second letter.")
+    topic.send("file.md", uri=str(corpus / "guide/timeouts.md"))
+    indexer, progress = indexer_for(fake_cfg, topic)
+    first = indexer.index(topic.polls(), progress)
+    assert (first.messages, first.docs_added, first.docs_failed) == (3, 3, 0)
+    assert {r["doc_id"] for r in table_rows(fake_cfg.db)} == {"a", "b", "file.md"}
+
+    batch = [
+        topic.send("a", text="Alpha, edited.", title="Alpha"),
+        topic.send("c", text="Gamma is the third letter.", metadata={"lang": "en"}),
+        topic.send("c", text="Gamma, last message wins."),
+        topic.send("b", None),  # tombstone
+        topic.send("bad", b"{not json"),
+        topic.send("", {"text": "no key"}),
+        topic.send("x.bin", uri=str(tmp_path / "x.bin")),
+        topic.send("gone.md", uri=str(tmp_path / "missing.md")),
+    ]
+    before = versions(fake_cfg)
+    stats = indexer.index(topic.polls(batch), progress)
+    assert versions(fake_cfg) == before + 1  # upserts, replacements and deletes: one commit
+    assert (stats.messages, stats.docs_added, stats.docs_updated) == (8, 1, 1)
+    assert (stats.docs_deleted, stats.docs_skipped, stats.docs_failed) == (1, 1, 4)
+    rows = table_rows(fake_cfg.db)
+    assert {r["doc_id"] for r in rows} == {"a", "c", "file.md"}
+    texts = {r["doc_id"]: r["text"] for r in rows}
+    assert "edited" in texts["a"] and "last message wins" in texts["c"]
+    assert stats.table_version == store.open_chunks(store.connect(fake_cfg.db), "docs").version
+    assert len(stats.freshness_ms) == 8 and min(stats.freshness_ms) >= 0 and stats.lag == 0
+
+    errors = store.read_errors(store.connect(fake_cfg.db), run_id="r1")
+    by_doc = {e["doc_id"]: (e["stage"], e["error_class"]) for e in errors}
+    assert by_doc == {
+        "bad": ("decode", "InvalidMessage"),
+        None: ("decode", "InvalidMessage"),
+        "x.bin": ("parse", "UnsupportedFormat"),
+        "gone.md": ("read", "FileNotFoundError"),
+    }
+    bad = next(e for e in errors if e["doc_id"] == "bad")
+    assert bad["source_uri"] == f"kafka://docs/{bad['partition']}@{bad['offset']}"
+    assert (bad["topic"], bad["offset"]) == ("docs", batch[4].offset)
+
+    batches = store.read_stream_batches(store.connect(fake_cfg.db), run_id="r1")
+    assert [b["batch_seq"] for b in batches] == [1, 2] and batches[-1]["messages"] == 8
+    recorded = store.read_stream_offsets(store.connect(fake_cfg.db), "docs", "freshindex-docs")
+    assert recorded == {("docs", 0): topic.next[0], ("docs", 1): topic.next[1]}
+    assert progress.positions == recorded and progress.batches == 2
+
+
+def test_replaying_a_committed_batch_changes_nothing(fake_cfg):
+    """A crash after the table commit but before the offsets were recorded replays the batch."""
+    topic = Topic()
+    for i in range(6):
+        topic.send(f"d{i}", text=f"Document {i} is about ducks number {i}.")
+    topic.send("d1", None)
+    indexer, progress = indexer_for(fake_cfg, topic)
+    indexer.index(topic.polls(), progress)
+    before_rows, before_versions = content(table_rows(fake_cfg.db)), versions(fake_cfg)
+    replay = indexer.index(topic.polls(), indexer.initial_progress())
+    assert versions(fake_cfg) == before_versions  # nothing to commit: no new version
+    assert content(table_rows(fake_cfg.db)) == before_rows
+    assert replay.docs_skipped == 7 and replay.chunks_written == 0
+
+
+def test_one_batch_or_many_give_the_same_table(fake_cfg, tmp_path):
+    topic = Topic(partitions=3)
+    for round_ in range(4):
+        for i in range(8):
+            if (i + round_) % 5 == 0:
+                topic.send(f"d{i}", None)
+            else:
+                topic.send(f"d{i}", text=f"Round {round_}: item {i} of the corpus.\n\nShared tail.")
+    one = dataclasses.replace(fake_cfg, db=str(tmp_path / "one"))
+    many = dataclasses.replace(fake_cfg, db=str(tmp_path / "many"))
+    indexer, progress = indexer_for(one, topic)
+    indexer.index(topic.polls(), progress)
+    indexer, progress = indexer_for(many, topic)
+    groups = split_batches(topic.polls(), 5)
+    assert len(groups) == 7
+    for group in groups:
+        indexer.index(group, progress)
+    assert content(table_rows(many.db)) == content(table_rows(one.db))
+    assert progress.positions == {("docs", p): topic.next[p] for p in range(3)}
+
+
+def test_unchanged_documents_are_skipped_and_edits_reuse_vectors(fake_cfg):
+    topic = Topic(partitions=1)
+    text = "\n\n".join(
+        f"Paragraph {i} " + " ".join(f"w{i}x{j}" for j in range(40)) for i in range(4)
+    )
+    topic.send("long", text=text, title="Long")
+    indexer, progress = indexer_for(fake_cfg, topic)
+    indexer.index(topic.polls(), progress)
+    version = versions(fake_cfg)
+    same = indexer.index(topic.polls([topic.send("long", text=text, title="Long")]), progress)
+    assert (same.docs_skipped, same.chunks_written) == (1, 0)
+    assert versions(fake_cfg) == version
+    edited = text.replace("Paragraph 3", "Paragraph three")
+    stats = indexer.index(topic.polls([topic.send("long", text=edited, title="Long")]), progress)
+    assert stats.docs_updated == 1 and stats.chunks_reused >= 1
+    assert stats.chunks_embedded < stats.chunks_written
+
+
+def test_stream_and_batch_agree_on_documents_and_chunks(fake_cfg, tmp_path, corpus):
+    """The same documents through the batch pipeline and as Kafka messages (files as ``uri``
+    messages keyed by their relative path, JSONL records as text messages) give the same
+    chunk ids, texts and content hashes."""
+    jsonl = tmp_path / "c.jsonl"
+    records = [{"_id": f"r{i}", "title": f"T{i}", "text": f"Record {i} text."} for i in range(3)]
+    jsonl.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    batch = dataclasses.replace(fake_cfg, db=str(tmp_path / "batch"))
+    run_ingest(batch, str(jsonl), [])
+    run_ingest(dataclasses.replace(batch, table="files"), str(corpus), [])
+
+    topic = Topic()
+    for r in records:
+        topic.send(r["_id"], text=r["text"], title=r["title"])
+    indexer, progress = indexer_for(fake_cfg, topic)
+    indexer.index(topic.polls(), progress)
+    files = Topic(name="files")
+    for rel in DOCS:
+        files.send(rel, uri=str(corpus / rel))
+    indexer, progress = indexer_for(dataclasses.replace(fake_cfg, table="files"), files)
+    indexer.index(files.polls(), progress)
+
+    def ledger(db, table):
+        tbl = store.open_chunks(store.connect(db), table)
+        cols = ["doc_id", "chunk_id", "text", "content_hash"]
+        return sorted(map(tuple, (r.values() for r in tbl.to_arrow().select(cols).to_pylist())))
+
+    assert ledger(fake_cfg.db, "docs") == ledger(batch.db, "docs")
+    assert ledger(fake_cfg.db, "files") == ledger(batch.db, "files")
+
+
+def test_recorded_offsets_never_move_backwards(fake_cfg):
+    db = store.connect(fake_cfg.db)
+    for seq, offsets in enumerate([{0: 5, 1: 2}, {0: 3, 1: 9}], 1):
+        store.append_stream_batch(
+            db,
+            {
+                "run_id": f"r{seq}",
+                "table_name": "docs",
+                "group_id": "g",
+                "batch_seq": 1,
+                "committed_at": store.utcnow(),
+                "offsets": [
+                    {"topic": "t", "partition": p, "next_offset": o} for p, o in offsets.items()
+                ],
+            },
+        )
+    assert store.read_stream_offsets(db, "docs", "g") == {("t", 0): 5, ("t", 1): 9}
+    assert store.read_stream_offsets(db, "docs", "other") == {}
+
+
+@pytest.mark.parametrize("every_commits", [2])
+def test_table_upkeep_runs_on_the_stream_schedule(fake_cfg, every_commits):
+    cfg = dataclasses.replace(
+        fake_cfg,
+        maintenance=dataclasses.replace(fake_cfg.maintenance, every_commits=every_commits),
+    )
+    topic = Topic(partitions=1)
+    indexer, progress = indexer_for(cfg, topic)
+    for i in range(3):
+        indexer.index(topic.polls([topic.send(f"d{i}", text=f"Text {i}.")]), progress)
+    kinds = [r["kind"] for r in store.read_runs(store.connect(cfg.db), "docs")]
+    assert kinds == ["maintain"]
+    assert {r["doc_id"] for r in table_rows(cfg.db)} == {"d0", "d1", "d2"}
+
+
+@pytest.mark.slow
+def test_the_real_model_through_a_micro_batch(real_cfg):
+    """The bundled all-MiniLM-L6-v2: unit-norm 384-d vectors that find the right document."""
+    import numpy as np
+
+    from freshindex.embedding import get_embedder
+
+    topic = Topic(partitions=1)
+    topic.send("ducks", text="Ducks are water birds with broad flat bills.", title="Ducks")
+    topic.send("tls", text="TLS certificates are verified against a CA bundle.", title="TLS")
+    topic.send("pool", text="The connection pool limits concurrent requests.", title="Pool")
+    indexer, progress = indexer_for(real_cfg, topic)
+    stats = indexer.index(topic.polls(), progress)
+    assert (stats.docs_added, stats.chunks_embedded) == (3, 3)
+    table = store.open_chunks(store.connect(real_cfg.db), "docs")
+    vectors = np.stack(table.to_arrow()["vector"].to_numpy(zero_copy_only=False))
+    assert vectors.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
+    query = get_embedder(real_cfg.embedding).encode(["which birds have flat bills?"])[0]
+    hit = table.search(query).limit(1).select(["doc_id"]).to_list()[0]
+    assert hit["doc_id"] == "ducks"
