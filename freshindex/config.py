@@ -135,7 +135,7 @@ class Config:
                 f"table name {self.table!r} is invalid",
                 hint="use letters, digits, '-' and '_'",
             )
-        if self.table in ("errors", "runs"):
+        if self.table in ("errors", "runs", "stream_batches"):
             raise ConfigError(
                 f"table name {self.table!r} is reserved for freshindex's own bookkeeping",
                 hint="choose another name, e.g. 'docs'",

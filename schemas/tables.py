@@ -112,4 +112,4 @@ RUNS_SCHEMA = pa.schema(
 
 ERRORS_TABLE = "errors"
 RUNS_TABLE = "runs"
-RESERVED_TABLES = (ERRORS_TABLE, RUNS_TABLE)
+RESERVED_TABLES = (ERRORS_TABLE, RUNS_TABLE, "stream_batches")  # + schemas.messages
