@@ -14,6 +14,7 @@ import pytest
 
 from freshindex.config import load_config
 from freshindex.runtime import prepare_offline
+from query.testing import DOCS  # the small corpus the query layer's test kit indexes too
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples" / "corpus"
@@ -21,17 +22,6 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHARED_DATA = Path(os.environ.get("FRESHINDEX_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 prepare_offline()
-
-DOCS = {
-    "guide/timeouts.md": "# Timeouts\n\nHTTPX times out after five seconds by default. "
-    "Pass timeout=None to disable the timeout.\n\n## Pool\n\nThe pool timeout limits how long "
-    "a request waits for a free connection from the pool.",
-    "guide/auth.md": "# Authentication\n\nBasic authentication sends a user name and a "
-    "password with every request. Digest authentication hashes the password first.",
-    "notes/ducks.md": "# Ducks\n\nDucks are water birds with broad flat bills. Mallards are "
-    "the most common duck species in the northern hemisphere.",
-    "readme.txt": "A plain text note about caching responses for ten minutes.",
-}
 
 
 def write_corpus(folder: Path, docs: dict[str, str] = DOCS) -> Path:
