@@ -176,7 +176,7 @@ def cmd_errors(args, _beam_args) -> int:
     db = store.connect(cfg.db)
     run_id = args.run
     if run_id == "latest":
-        runs = [r for r in store.read_runs(db, cfg.table) if r["kind"] == "batch"]
+        runs = [r for r in store.read_runs(db, cfg.table) if r["kind"] in ("batch", "stream")]
         run_id = runs[-1]["run_id"] if runs else None
     rows = store.read_errors(db, table_name=cfg.table, run_id=run_id)
     rows = sorted(rows, key=lambda r: r["occurred_at"])[-args.limit :]

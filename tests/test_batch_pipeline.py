@@ -246,9 +246,12 @@ def test_sigkill_mid_run_then_rerun_equals_one_clean_run(fake_cfg, tmp_path):
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     assert {r["doc_id"] for r in table_rows(fake_cfg.db)} == {"d000.md"}  # nothing half-written
-    ingest(fake_cfg, corpus)
+    killed_runs = {p.parent.name for p in staging.glob("*/*.parquet")}
+    rerun = ingest(fake_cfg, corpus)
     assert content(table_rows(fake_cfg.db)) == content(table_rows(clean_cfg.db))
-    assert not any(staging.glob("*/*.parquet")) or True  # stale staging is harmless
+    # the rerun removed its own staging; the killed run's files stay behind, unread
+    assert {p.parent.name for p in staging.glob("*/*.parquet")} == killed_runs
+    assert rerun["run_id"] not in killed_runs
 
 
 def test_one_and_two_worker_processes_give_identical_chunk_sets(fake_cfg, tmp_path):
