@@ -57,7 +57,8 @@ class SentenceTransformerEmbedder:
         self.model_name = cfg.model
         self._cfg = cfg
         self._model = SentenceTransformer(path, device=cfg.device)
-        if cfg.dtype == "bfloat16":
+        self.dtype = resolve_dtype(cfg.dtype, cfg.device)
+        if self.dtype == "bfloat16":
             import torch
 
             self._model.to(torch.bfloat16)
@@ -82,7 +83,12 @@ class SentenceTransformerEmbedder:
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
-        return np.asarray(vectors, dtype=np.float32)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if self._cfg.normalize and self.dtype != "float32":
+            # normalized in bfloat16, the norms are off by up to ~1e-3: renormalize in float32
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.where(norms > 0, norms, 1.0)
+        return vectors
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
@@ -120,6 +126,33 @@ class FakeHashEmbedder:
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         return [m.span() for m in _WORD.finditer(text)]
+
+
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags (Linux); empty where they cannot be read."""
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_dtype(dtype: str, device: str = "cpu", flags: set[str] | None = None) -> str:
+    """The precision ``embedding.dtype`` means here: ``auto`` is bfloat16 on a CPU with
+    bfloat16 instructions (AMX or AVX512-BF16, where it encodes 1.5-2x faster) and float32
+    everywhere else (without them bfloat16 is emulated and slower)."""
+    if dtype != "auto":
+        return dtype
+    if not device.startswith("cpu"):
+        return "float32"
+    flags = cpu_flags() if flags is None else flags
+    return "bfloat16" if any(f in flags for f in CPU_BF16_FLAGS) else "float32"
 
 
 def resolve_model_path(model: str) -> str:

@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from freshindex import store
 from freshindex.config import Config
+from freshindex.embedding import resolve_dtype
 from freshindex.errors import TooManyFailures
 from freshindex.runtime import prepare_offline
 from pipelines.options import FreshIndexOptions
@@ -43,6 +44,8 @@ def run_settings(cfg: Config) -> dict[str, Any]:
     return {
         "fingerprint": cfg.fingerprint(),
         "embedding": cfg.to_dict()["embedding"],
+        # what ``embedding.dtype: auto`` meant on the machine that started the run
+        "embedding_dtype_resolved": resolve_dtype(cfg.embedding.dtype, cfg.embedding.device),
         "chunking": cfg.to_dict()["chunking"],
         "parsing": cfg.to_dict()["parsing"],
         "sync": cfg.ingest.sync,

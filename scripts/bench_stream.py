@@ -213,7 +213,9 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="2 windows of 15 s, 10 s steps")
     parser.add_argument(
-        "--bf16", action="store_true", help="embedding.dtype: bfloat16 (the encoder in bfloat16)"
+        "--dtype",
+        choices=("auto", "float32", "bfloat16"),
+        help="embedding.dtype (default: the config's, auto)",
     )
     parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
     parser.add_argument("--markdown", type=Path, default=None, help="write a report here")
@@ -235,14 +237,18 @@ def main() -> int:
         overrides={
             "db": str(work / "lancedb"),
             "table": "bench",
-            "embedding.dtype": "bfloat16" if args.bf16 else None,
+            "embedding.dtype": args.dtype,
         }
     )
     cfg_file = work / "config.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg.to_dict()))
     total = int(args.rate * args.seconds * args.windows + 2 * args.max_rate * args.step_seconds)
     docs = documents(args.corpus, min(total + 50, 5000))
-    results: dict = {"machine": host, "settings": vars(args) | {"corpus": str(args.corpus)}}
+    from freshindex.embedding import resolve_dtype
+
+    dtype = resolve_dtype(cfg.embedding.dtype, cfg.embedding.device)
+    settings = vars(args) | {"corpus": str(args.corpus), "dtype": cfg.embedding.dtype}
+    results: dict = {"machine": host, "settings": settings, "dtype_resolved": dtype}
     ceiling, chunks_per_doc = encode_ceiling(cfg, docs)
     results["encode_ceiling"] = {
         "chunks_per_s": round(ceiling, 1),
@@ -402,10 +408,10 @@ def report(r: dict) -> str:
             f"| {s['rate']:g} | {s['produced_per_s']} | {s['committed_per_s']} | "
             f"{s['lag_at_end']} | {s['lag_growth']} | {'yes' if s['sustained'] else 'no'} |"
         )
-    what_if = " **What-if: encoder weights in bfloat16.**" if r["settings"]["bf16"] else ""
+    dtype = f" Encoder: `embedding.dtype: {r['settings']['dtype']}` = {r['dtype_resolved']}."
     return "\n".join(
         [
-            f"Run {r['date']} on {r['machine']}; {r['seconds']:.0f} s in all.{what_if}",
+            f"Run {r['date']} on {r['machine']}; {r['seconds']:.0f} s in all.{dtype}",
             f"`{r['command']}`",
             "",
             f"**Steady {steady['rate']:g} docs/s** (~1 KB each): freshness p50 "

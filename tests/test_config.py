@@ -1,6 +1,7 @@
 import pytest
 
 from freshindex.config import load_config
+from freshindex.embedding import cpu_flags, resolve_dtype
 from freshindex.errors import ConfigError
 
 
@@ -45,3 +46,22 @@ def test_fingerprint_tracks_settings_that_change_chunks():
     assert other.fingerprint() != base.fingerprint()
     same = load_config(overrides={"embedding.batch_size": 64}, environ={})
     assert same.fingerprint() == base.fingerprint()  # batch size does not change vectors
+
+
+def test_auto_precision_is_bfloat16_only_where_the_cpu_has_it(tmp_path):
+    assert resolve_dtype("auto", "cpu", {"avx2", "amx_bf16"}) == "bfloat16"
+    assert resolve_dtype("auto", "cpu", {"avx2", "avx512f", "avx512_bf16"}) == "bfloat16"
+    assert resolve_dtype("auto", "cpu", {"avx2", "avx512f"}) == "float32"
+    assert resolve_dtype("auto", "cuda:0", {"amx_bf16"}) == "float32"
+    assert resolve_dtype("float32", "cpu", {"amx_bf16"}) == "float32"
+    assert resolve_dtype("bfloat16", "cpu", set()) == "bfloat16"
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor : 0\nflags : fpu sse avx512_bf16 amx_tile\n")
+    assert {"avx512_bf16", "amx_tile"} <= cpu_flags(str(cpuinfo))
+    assert cpu_flags(str(tmp_path / "missing")) == set()
+    # the default, and the environment variable that pins it
+    assert load_config(environ={}).embedding.dtype == "auto"
+    env = {"FRESHINDEX_EMBEDDING_DTYPE": "float32"}
+    assert load_config(environ=env).embedding.dtype == "float32"
+    with pytest.raises(ConfigError, match=r"embedding\.dtype must be one of"):
+        load_config(environ={"FRESHINDEX_EMBEDDING_DTYPE": "fp16"})

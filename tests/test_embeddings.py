@@ -63,13 +63,14 @@ def test_a_table_refuses_vectors_of_another_model(real_cfg, corpus, fake_cfg):
         run_ingest(other, str(corpus))
 
 
-def test_bfloat16_encoder_gives_nearly_the_same_vectors(minilm):
-    from freshindex.config import load_config
+def test_bfloat16_encoder_gives_nearly_the_same_vectors():
+    from freshindex.config import EMBEDDING_DTYPES, load_config
 
+    fp32 = get_embedder(EmbeddingConfig(dtype="float32"))
     bf16 = get_embedder(EmbeddingConfig(dtype="bfloat16"))
+    assert (fp32.dtype, bf16.dtype) == ("float32", "bfloat16")
     texts = ["Aspirin reduces the risk of heart attack.", "Ducks are water birds."]
-    cos = (minilm.encode(texts) * bf16.encode(texts)).sum(axis=1)
+    cos = (fp32.encode(texts) * bf16.encode(texts)).sum(axis=1)
     assert bf16.encode(texts).dtype == np.float32 and cos.min() > 0.99
-    base = load_config(environ={})
-    other = load_config(overrides={"embedding.dtype": "bfloat16"}, environ={})
-    assert base.fingerprint() != other.fingerprint()  # switching dtype re-embeds
+    pinned = [load_config(overrides={"embedding.dtype": d}, environ={}) for d in EMBEDDING_DTYPES]
+    assert len({c.fingerprint() for c in pinned}) == 3  # switching it re-embeds

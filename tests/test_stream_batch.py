@@ -13,7 +13,7 @@ import pytest
 
 from freshindex import store
 from pipelines.batch import run_ingest
-from pipelines.stream import BatchIndexer, StreamRun, split_batches, stream_config
+from pipelines.stream import BatchIndexer, StreamRun, batch_due, split_batches, stream_config
 from schemas.messages import KafkaRecord, PollBatch, encode_message
 from tests.conftest import DOCS, table_rows
 from transforms.kafka_io import PartitionStart
@@ -169,6 +169,28 @@ def test_one_batch_or_many_give_the_same_table(fake_cfg, tmp_path):
         indexer.index(group, progress)
     assert content(table_rows(many.db)) == content(table_rows(one.db))
     assert progress.positions == {("docs", p): topic.next[p] for p in range(3)}
+
+
+def test_a_batch_closes_an_interval_after_its_oldest_message_reached_kafka():
+    def read(read_at, *sent_at, partition=0):
+        records = tuple(
+            KafkaRecord("docs", partition, i, b"k", b"{}", int(t * 1000))
+            for i, t in enumerate(sent_at)
+        )
+        return PollBatch("docs", partition, 0, len(records), records, read_at)
+
+    # read as soon as sent: the interval counts from the read
+    assert batch_due([read(100.0, 100.0)], 0.5) == pytest.approx(100.5)
+    # waited 1.2 s in Kafka while a commit ran: due at once, not 0.5 s after the read
+    assert batch_due([read(101.2, 100.0, 100.6)], 0.5) == pytest.approx(100.5)
+    # the oldest message of any read decides
+    assert batch_due([read(101.0, 100.9), read(101.1, 100.2, partition=1)], 0.5) == (
+        pytest.approx(100.7)
+    )
+    # a producer clock running ahead never makes a batch wait longer than the interval
+    assert batch_due([read(100.0, 160.0)], 0.5) == pytest.approx(100.5)
+    # a read with no records (a log gap) counts from its read time
+    assert batch_due([read(100.0)], 0.5) == pytest.approx(100.5)
 
 
 def test_unchanged_documents_are_skipped_and_edits_reuse_vectors(fake_cfg):
