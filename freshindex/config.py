@@ -116,6 +116,9 @@ class MaintenanceConfig:
     ann_target_recall: float = 0.95  # recall@10 against exact search, on the table's own data
     ann_sample_queries: int = 100
     ann_rebuild_growth: float = 2.0  # rebuild the ANN index when rows grew by this factor
+    # a batch run's staging folder untouched this long belongs to a run that died before
+    # its commit: upkeep removes it
+    staging_max_age_hours: float = 24.0
 
     def __post_init__(self) -> None:
         if self.keep_versions < 1:
@@ -124,6 +127,8 @@ class MaintenanceConfig:
             raise ConfigError("maintenance.keep_days and min_version_age_minutes must be >= 0")
         if not 0 < self.ann_target_recall <= 1:
             raise ConfigError("maintenance.ann_target_recall must be within (0, 1]")
+        if self.staging_max_age_hours <= 0:
+            raise ConfigError("maintenance.staging_max_age_hours must be positive")
         if self.every_commits < 1 or self.every_minutes <= 0:
             raise ConfigError("maintenance.every_commits and every_minutes must be positive")
 

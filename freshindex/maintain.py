@@ -57,6 +57,8 @@ class MaintenanceReport:
     compaction: dict[str, int] = field(default_factory=dict)
     indexes_refreshed: int = 0
     ann: dict[str, Any] = field(default_factory=dict)
+    staging_removed: int = 0  # stale staging folders of batch runs that died
+    staging_bytes_freed: int = 0
 
     def summary(self) -> str:
         ann = self.ann.get("action", "none")
@@ -70,6 +72,12 @@ class MaintenanceReport:
             f"\n  bytes {self.bytes_before:,} -> {self.bytes_after:,} "
             f"({self.bytes_reclaimed:,} reclaimed); indexes refreshed: {self.indexes_refreshed};"
             f" vector index: {ann}"
+            + (
+                f"\n  stale staging folders removed: {self.staging_removed} "
+                f"({self.staging_bytes_freed:,} bytes)"
+                if self.staging_removed
+                else ""
+            )
         )
 
 
@@ -232,6 +240,9 @@ def maintain(
         )
         report.bytes_reclaimed = stats.bytes_removed
         report.versions_removed = stats.old_versions
+    report.staging_removed, report.staging_bytes_freed = store.remove_stale_staging(
+        db_uri, table_name, cfg.staging_max_age_hours * 3600
+    )
     table = store.open_chunks(db, table_name)
     if ann:
         report.ann = ensure_ann_index(db, table, cfg)

@@ -12,6 +12,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -336,6 +337,33 @@ def read_errors(
 def staging_dir(db_uri: str, table: str, run_id: str) -> str:
     """Where workers stage a run's chunk rows before the single commit step merges them."""
     return os.path.join(db_uri, "_staging", table, run_id)
+
+
+def remove_stale_staging(db_uri: str, table: str, max_age_s: float, now: float | None = None):
+    """Remove the staging folders of ``table`` whose newest file is older than ``max_age_s``:
+    left by batch runs that died before their commit step (a finished run removes its own).
+    Returns (folders removed, bytes freed). Age, not liveness, decides, because the workers
+    that stage files may run on other machines; a live run keeps writing or committing."""
+    import pyarrow.fs as pafs
+
+    root = os.path.join(db_uri, "_staging", table)
+    fs, base = pafs.FileSystem.from_uri(root) if "://" in root else (pafs.LocalFileSystem(), root)
+    try:
+        runs = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    except (FileNotFoundError, OSError):
+        return 0, 0
+    cutoff = (time.time() if now is None else now) - max_age_s
+    removed = freed = 0
+    for run in runs:
+        if run.type != pafs.FileType.Directory:
+            continue
+        files = fs.get_file_info(pafs.FileSelector(run.path, recursive=True))
+        stamps = [f.mtime.timestamp() for f in [run, *files] if f.mtime is not None]
+        if stamps and max(stamps) < cutoff:
+            freed += sum(f.size or 0 for f in files if f.type == pafs.FileType.File)
+            fs.delete_dir(run.path)
+            removed += 1
+    return removed, freed
 
 
 # ------------------------------------------------------------------ the stream's bookkeeping

@@ -19,6 +19,7 @@ import yaml
 
 from freshindex import store
 from freshindex.cli import rollback
+from freshindex.maintain import maintain
 from pipelines.batch import run_ingest
 from tests.conftest import DOCS, FIXTURES, ROOT, table_rows, write_corpus
 from transforms.write import FAULT_CRASH_AFTER_COMMIT
@@ -252,6 +253,15 @@ def test_sigkill_mid_run_then_rerun_equals_one_clean_run(fake_cfg, tmp_path):
     # the rerun removed its own staging; the killed run's files stay behind, unread
     assert {p.parent.name for p in staging.glob("*/*.parquet")} == killed_runs
     assert rerun["run_id"] not in killed_runs
+    # upkeep removes them once untouched for maintenance.staging_max_age_hours, not before
+    assert maintain(fake_cfg.db, "docs", fake_cfg.maintenance).staging_removed == 0
+    day_ago = time.time() - 25 * 3600
+    for path in staging.rglob("*"):
+        os.utime(path, (day_ago, day_ago))
+    report = maintain(fake_cfg.db, "docs", fake_cfg.maintenance)
+    assert report.staging_removed == len(killed_runs) and report.staging_bytes_freed > 0
+    assert not list(staging.iterdir())
+    assert content(table_rows(fake_cfg.db)) == content(table_rows(clean_cfg.db))
 
 
 def test_one_and_two_worker_processes_give_identical_chunk_sets(fake_cfg, tmp_path):
