@@ -42,9 +42,10 @@ class EmbeddingConfig:
     normalize: bool = True
     device: str = "cpu"
     # auto: bfloat16 on CPUs with bfloat16 instructions (AMX/AVX512-BF16: encoding 1.5-2x
-    # faster, vectors within cosine 0.996 of float32, SciFact nDCG@10 within 0.002), else
-    # float32. The configured value, not the resolved one, is part of the fingerprint, so
-    # moving a table to another machine re-embeds nothing (README, Configuration).
+    # faster, vectors within cosine 0.99 of float32, SciFact nDCG@10 within 0.002), else
+    # float32. Not part of the fingerprint: like the CPU's kernels, precision moves vectors
+    # by less than it matters, and stored vectors of the same text are reused whatever
+    # precision made them (README, Configuration).
     dtype: str = "auto"
 
     def __post_init__(self) -> None:
@@ -168,7 +169,6 @@ class Config:
             "pipeline": PIPELINE_VERSION,
             "model": self.embedding.model,
             "normalize": self.embedding.normalize,
-            **({"dtype": self.embedding.dtype} if self.embedding.dtype != "float32" else {}),
             "chunking": dataclasses.asdict(self.chunking),
             "parsing": self.parsing.pdf_strategy,
         }

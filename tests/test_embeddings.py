@@ -73,4 +73,5 @@ def test_bfloat16_encoder_gives_nearly_the_same_vectors():
     cos = (fp32.encode(texts) * bf16.encode(texts)).sum(axis=1)
     assert bf16.encode(texts).dtype == np.float32 and cos.min() > 0.99
     pinned = [load_config(overrides={"embedding.dtype": d}, environ={}) for d in EMBEDDING_DTYPES]
-    assert len({c.fingerprint() for c in pinned}) == 3  # switching it re-embeds
+    # precision is not a vector-space change: switching it re-embeds nothing
+    assert len({c.fingerprint() for c in pinned}) == 1
