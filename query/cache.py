@@ -4,6 +4,8 @@ A SQLite file (standard library, safe for several processes), one row per respon
 is a SHA-256 of the canonical JSON of provider, model and ``ChatRequest.cache_material()``
 (messages, question, context chunk ids and texts, tools, temperature, max_tokens), so any
 change to the prompt or its parameters is a miss. Hits and misses are counted per instance.
+It is bounded: a response older than ``ttl_s`` is a miss (and removed), and past
+``max_entries`` the oldest responses are evicted when a new one is stored.
 """
 
 from __future__ import annotations
@@ -40,8 +42,12 @@ def response_from_dict(raw: dict[str, Any]) -> ChatResponse:
 class ResponseCache:
     """``get``/``put`` ChatResponses; ``path=None`` keeps them in memory only."""
 
-    def __init__(self, path: str | Path | None):
+    def __init__(
+        self, path: str | Path | None, *, max_entries: int = 10_000, ttl_s: float | None = None
+    ):
         self.path = str(path) if path else ":memory:"
+        self.max_entries, self.ttl_s = max_entries, ttl_s
+        self.evicted = 0
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
@@ -51,6 +57,7 @@ class ResponseCache:
             "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, provider TEXT, "
             "model TEXT, response TEXT NOT NULL, created_at REAL NOT NULL)"
         )
+        self._db.execute("CREATE INDEX IF NOT EXISTS responses_age ON responses (created_at)")
         self._db.commit()
         self._lock = threading.Lock()
         self.hits = 0
@@ -59,8 +66,13 @@ class ResponseCache:
     def get(self, key: str) -> ChatResponse | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT response FROM responses WHERE key = ?", (key,)
+                "SELECT response, created_at FROM responses WHERE key = ?", (key,)
             ).fetchone()
+            if row and self.ttl_s is not None and row[1] < time.time() - self.ttl_s:
+                self._db.execute("DELETE FROM responses WHERE key = ?", (key,))
+                self._db.commit()
+                self.evicted += 1
+                row = None
             try:
                 response = response_from_dict(json.loads(row[0])) if row else None
             except (TypeError, KeyError, ValueError):  # written by another version: a miss
@@ -78,14 +90,37 @@ class ResponseCache:
                 "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
                 (key, response.provider, response.model, blob, time.time()),
             )
+            self.evicted += self._evict()
             self._db.commit()
+
+    def _evict(self) -> int:
+        """Drop expired responses, then the oldest past ``max_entries``; returns how many."""
+        removed = 0
+        if self.ttl_s is not None:
+            removed += self._db.execute(
+                "DELETE FROM responses WHERE created_at < ?", (time.time() - self.ttl_s,)
+            ).rowcount
+        over = self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] - self.max_entries
+        if over > 0:
+            removed += self._db.execute(
+                "DELETE FROM responses WHERE key IN "
+                "(SELECT key FROM responses ORDER BY created_at, key LIMIT ?)",
+                (over,),
+            ).rowcount
+        return removed
 
     def __len__(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
 
     def stats(self) -> dict[str, Any]:
-        return {"hits": self.hits, "misses": self.misses, "entries": len(self), "path": self.path}
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "evicted": self.evicted,
+            "entries": len(self),
+            "path": self.path,
+        }
 
     def close(self) -> None:
         with self._lock:

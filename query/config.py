@@ -143,6 +143,8 @@ class GatewayConfig:
     max_backoff_s: float = 8.0
     cache_enabled: bool = True
     cache_path: str = "./data/cache/gateway.sqlite"
+    cache_max_entries: int = 10_000  # the oldest responses are evicted past this
+    cache_ttl_hours: float | None = 168.0  # a response older than this is a miss; None: never
     accounting_log: str | None = None
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
     routes: tuple[RouteRule, ...] = ()
@@ -152,6 +154,10 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.max_attempts < 1 or self.backoff_s < 0:
             raise ConfigError("gateway.timeout_s > 0, max_attempts >= 1, backoff_s >= 0")
+        if self.cache_max_entries < 1 or (
+            self.cache_ttl_hours is not None and self.cache_ttl_hours <= 0
+        ):
+            raise ConfigError("gateway.cache.max_entries must be >= 1 and ttl_hours > 0 or null")
         named = [*self.default_route, *(p for r in self.routes for p in r.providers)]
         unknown = sorted(set(named) - set(self.providers))
         if unknown:
@@ -230,8 +236,8 @@ def _provider(name: str, raw: dict[str, Any], environ: dict[str, str] | None) ->
 def _gateway(raw: dict[str, Any], environ: dict[str, str] | None) -> GatewayConfig:
     raw = dict(raw or {})
     cache = raw.pop("cache", None) or {}
-    if set(cache) - {"enabled", "path"}:
-        raise ConfigError("gateway.cache takes enabled and path")
+    if set(cache) - {"enabled", "path", "max_entries", "ttl_hours"}:
+        raise ConfigError("gateway.cache takes enabled, path, max_entries and ttl_hours")
     providers = {n: _provider(n, p, environ) for n, p in (raw.pop("providers", None) or {}).items()}
     routes = []
     for i, rule in enumerate(raw.pop("routes", None) or []):
@@ -263,6 +269,11 @@ def _gateway(raw: dict[str, Any], environ: dict[str, str] | None) -> GatewayConf
         kwargs["cache_enabled"] = bool(cache["enabled"])
     if "path" in cache:
         kwargs["cache_path"] = cache["path"]
+    if "max_entries" in cache:
+        kwargs["cache_max_entries"] = int(cache["max_entries"])
+    if "ttl_hours" in cache:
+        ttl = cache["ttl_hours"]
+        kwargs["cache_ttl_hours"] = None if ttl is None else float(ttl)
     return _section(
         GatewayConfig,
         {**kwargs, "providers": providers, "routes": tuple(routes), "prices": prices},

@@ -80,7 +80,13 @@ class ModelGateway:
             if pc.configured
         }
         if cache is True:
-            cache = ResponseCache(gcfg.cache_path) if gcfg.cache_enabled else None
+            cache = None
+            if gcfg.cache_enabled:
+                cache = ResponseCache(
+                    gcfg.cache_path,
+                    max_entries=gcfg.cache_max_entries,
+                    ttl_s=None if gcfg.cache_ttl_hours is None else gcfg.cache_ttl_hours * 3600,
+                )
         elif cache is False:
             cache = None
         return cls(gcfg, providers, cache=cache, sleep=sleep)

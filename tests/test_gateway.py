@@ -282,3 +282,26 @@ def test_cache_treats_foreign_entries_as_misses_and_keys_on_extractive_settings(
     assert gw.complete(answer_request()).cached
     stricter, _ = make_gateway(None, tmp_path, cache=True, extra={"extractive.min_support": 0.9})
     assert not stricter.complete(answer_request()).cached  # other thresholds: other answers
+
+
+def test_cache_is_bounded_by_entries_and_age(tmp_path, monkeypatch):
+    gw, _ = make_gateway(None, tmp_path, cache=False)
+    response = gw.complete(answer_request())
+    clock = [1000.0]
+    monkeypatch.setattr("query.cache.time.time", lambda: clock[0])
+    cache = ResponseCache(tmp_path / "bounded.sqlite", max_entries=3, ttl_s=60)
+    for i in range(5):
+        clock[0] += 1
+        cache.put(f"k{i}", response)
+    assert len(cache) == 3 and cache.evicted == 2
+    assert cache.get("k0") is None and cache.get("k1") is None  # the oldest went first
+    assert cache.get("k4").text == response.text
+    clock[0] += 59  # k2 is now 61 s old, k4 59 s
+    assert cache.get("k2") is None and cache.get("k4") is not None
+    assert cache.stats()["evicted"] == 3 and len(cache) == 2
+    with pytest.raises(ConfigError, match="max_entries"):
+        load_query_config(overrides={"gateway.cache.max_entries": 0}, environ={})
+    never = tmp_path / "never.yaml"
+    never.write_text("gateway:\n  cache:\n    ttl_hours: null\n")
+    qcfg = load_query_config(never, environ={})
+    assert qcfg.gateway.cache_ttl_hours is None and qcfg.gateway.cache_max_entries == 10_000
