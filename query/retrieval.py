@@ -133,17 +133,64 @@ def _single_blas_thread():
                 lib.set_num_threads(threads)
 
 
-class _MemoryIndex:
-    """One pinned version's rows in RAM: a float32 matrix of vectors plus the hit columns."""
+def _matrix(column: pa.ChunkedArray) -> np.ndarray:
+    vectors = column.combine_chunks()
+    flat = vectors.values.to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(
+        flat.reshape(len(vectors), vectors.type.list_size), dtype=np.float32
+    )
 
-    def __init__(self, table):
+
+def _fragments(table) -> list[tuple[Any, tuple]]:
+    """(fragment, key) of the checked-out version, in scan order. Two versions hold the same
+    rows in a fragment exactly when its key (id, data files, deletion file) is the same."""
+    out = []
+    for fragment in table.to_lance().get_fragments():
+        meta = fragment.metadata
+        deletion = meta.deletion_file
+        files = tuple(f.path for f in meta.data_files())
+        out.append((fragment, (meta.id, files, None if deletion is None else deletion.id)))
+    return out
+
+
+class _MemoryIndex:
+    """One pinned version's rows in RAM: a float32 matrix of vectors plus the hit columns.
+
+    Built from ``previous`` (an earlier version's index of the same table) where it can:
+    fragments that did not change between the versions are copied from it, and only new or
+    changed fragments are read. A stream commits every second or so, and each commit adds
+    a fragment or two; reading only those makes a new version's index cheap (measured in
+    docs/QUERY.md).
+    """
+
+    def __init__(self, table, previous: _MemoryIndex | None = None):
         names = [c for c in _MEMORY_COLUMNS if c in table.schema.names]
-        data = table.search().select([*names, "vector"]).limit(None).to_arrow()
-        vectors = data.column("vector").combine_chunks()
-        dim = vectors.type.list_size
-        flat = vectors.values.to_numpy(zero_copy_only=False)
-        self.vectors = np.ascontiguousarray(flat.reshape(len(vectors), dim), dtype=np.float32)
-        self.columns = data.drop_columns(["vector"]).combine_chunks()  # fast take()
+        self.schema = table.schema
+        self.fragments: dict[tuple, tuple[int, int]] = {}  # key -> [start, stop) rows
+        self.rows_read = self.rows_reused = 0
+        known = previous.fragments if previous and previous.schema == self.schema else {}
+        vectors: list[np.ndarray] = []
+        columns: list[pa.Table] = []
+        start = 0
+        for fragment, key in _fragments(table):
+            if key in known:
+                a, b = known[key]
+                vectors.append(previous.vectors[a:b])
+                columns.append(previous.columns.slice(a, b - a))
+                self.rows_reused += b - a
+            else:
+                data = fragment.to_table(columns=[*names, "vector"])
+                vectors.append(_matrix(data.column("vector")))
+                columns.append(data.drop_columns(["vector"]))
+                self.rows_read += data.num_rows
+            self.fragments[key] = (start, start + len(vectors[-1]))
+            start += len(vectors[-1])
+        if not vectors:  # an empty table: its schema, no rows
+            data = table.search().select([*names, "vector"]).limit(None).to_arrow()
+            vectors.append(_matrix(data.column("vector")))
+            columns.append(data.drop_columns(["vector"]))
+        self.vectors = np.concatenate(vectors) if len(vectors) > 1 else vectors[0]
+        self.columns = pa.concat_tables(columns).combine_chunks()  # fast take()
         self.position = {
             cid: i for i, cid in enumerate(self.columns.column("chunk_id").to_pylist())
         }
@@ -231,8 +278,12 @@ class PinnedTable:
         embedding: EmbeddingConfig | None = None,
         embedder=None,
         ann_params: dict[str, Any] | None = None,
+        previous: PinnedTable | None = None,
     ):
         self.table = table
+        # an earlier version's in-RAM index, to build this one from (only its index is kept,
+        # not the PinnedTable, so versions never chain)
+        self._previous_memory = previous._memory if previous is not None else None
         self.name = table.name
         # nprobes / refine_factor that upkeep tuned for the ANN index (lancedb engine only)
         self.ann_params = ann_params or {}
@@ -280,7 +331,8 @@ class PinnedTable:
     def memory(self) -> _MemoryIndex:
         with self._lock:
             if self._memory is None:
-                self._memory = _MemoryIndex(self.table)
+                self._memory = _MemoryIndex(self.table, self._previous_memory)
+                self._previous_memory = None
             return self._memory
 
     def warm_up(self) -> PinnedTable:
@@ -459,6 +511,8 @@ class IndexReader:
             if found is not None:
                 self._pinned.move_to_end(version)
                 return found
+            # the newest version pinned so far: a new version's memory index starts from it
+            previous = max(self._pinned.values(), key=lambda p: p.version, default=None)
         table = self.db.open_table(self.table_name)
         table.checkout(version)
         from freshindex.maintain import last_ann_state
@@ -475,6 +529,7 @@ class IndexReader:
             embedding=self.embedding,
             embedder=self._embedder,
             ann_params=ann,
+            previous=previous,
         )
         with self._lock:  # the embedder is shared: get_embedder caches one per model
             pinned = self._pinned.setdefault(version, pinned)

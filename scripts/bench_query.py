@@ -22,8 +22,10 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -129,6 +131,39 @@ def time_calls(fn, items) -> list[float]:
     return out
 
 
+def bench_new_version(folder: Path, commits: int = 5) -> dict:
+    """The memory engine after a stream-sized commit (8 new chunks): building the new
+    version's index from the previous one vs reading it from scratch, alternately, on a
+    copy of the table (the cached one stays as it is). Medians over ``commits``."""
+    from query.retrieval import _MemoryIndex
+
+    work = Path(tempfile.mkdtemp(prefix="bench-query-"))
+    try:
+        shutil.copytree(folder, work / "db")
+        reader = IndexReader.open(str(work / "db"), "bench")
+        reader.pinned().memory()
+        table = store.open_chunks(store.connect(str(work / "db")), "bench")
+        sample = table.search().limit(8).to_arrow()
+        incremental, scratch = [], []
+        for i in range(commits):
+            ids = pa.array([f"new{i}-{c}" for c in sample["chunk_id"].to_pylist()])
+            table.add(sample.set_column(sample.schema.get_field_index("chunk_id"), "chunk_id", ids))
+            pinned = reader.pinned()
+            started = time.perf_counter()
+            mem = pinned.memory()
+            incremental.append(time.perf_counter() - started)
+            assert mem.rows_read == 8, mem.rows_read
+            started = time.perf_counter()
+            _MemoryIndex(pinned.table)
+            scratch.append(time.perf_counter() - started)
+        return {
+            "new_version_incremental_s": round(statistics.median(incremental), 3),
+            "new_version_from_scratch_s": round(statistics.median(scratch), 3),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def bench_size(rows, cache: Path, words, qs, qvecs, repeats, flat_queries) -> dict:
     folder = cache / f"rows{rows}"
     built = 0.0
@@ -144,6 +179,7 @@ def bench_size(rows, cache: Path, words, qs, qvecs, repeats, flat_queries) -> di
     pinned.memory()
     load_s = time.perf_counter() - started
     result: dict = {"rows": rows, "build_s": round(built, 1), "memory_load_s": round(load_s, 2)}
+    result.update(bench_new_version(folder))
     pairs = list(zip(qs, qvecs))
     filters = ["content_type = text/markdown"]
     cases = {
@@ -213,6 +249,13 @@ def markdown(report: dict) -> str:
         "",
         "Memory engine load (the pinned version's vectors into RAM, once per version): "
         + ", ".join(f"{s['rows']:,} rows {s['memory_load_s']:.2f} s" for s in report["sizes"])
+        + ". A new version after a commit of 8 chunks, built from the previous version's "
+        "index vs read from scratch (medians of 5): "
+        + ", ".join(
+            f"{s['rows']:,} rows {s['new_version_incremental_s']:.3f} s vs "
+            f"{s['new_version_from_scratch_s']:.3f} s"
+            for s in report["sizes"]
+        )
         + ".",
         "",
         f"Goal at 100k: hybrid p50 <= 20 ms and p99 <= 50 ms excluding embedding: "

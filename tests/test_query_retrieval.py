@@ -307,3 +307,57 @@ def test_real_model_each_mode_finds_the_expected_document(mode, question, expect
     if mode == "fts" and not hits:
         pytest.skip("no query word occurs in the corpus: nothing for BM25 to match")
     assert expected in [h.doc_id for h in hits[: 2 if mode == "fts" else 1]]
+
+
+def test_a_new_versions_memory_index_reads_only_what_changed(tmp_path):
+    """Each new version's in-RAM index is built from the previous one; it must equal an index
+    read from scratch after adds, deletes, replacements and a compaction."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from freshindex.maintain import maintain
+    from query.retrieval import _MemoryIndex
+    from transforms.write import commit_changes
+
+    cfg = copy_index("fake-hash", tmp_path)
+    reader = IndexReader.open(cfg.db, "docs", config=RetrievalConfig(vector_engine="memory"))
+    reader.pinned().memory()
+    table = store.open_chunks(store.connect(cfg.db), "docs")
+    rows = table.to_arrow()
+    docs = sorted(set(rows["doc_id"].to_pylist()))
+
+    def renamed(doc_id: str, new_doc: str) -> pa.Table:
+        mine = rows.filter(pc.equal(rows["doc_id"], doc_id))
+        ids = pa.array([f"{c}-{new_doc}" for c in mine["chunk_id"].to_pylist()])
+        mine = mine.set_column(mine.schema.get_field_index("chunk_id"), "chunk_id", ids)
+        doc = pa.array([new_doc] * mine.num_rows)
+        return mine.set_column(mine.schema.get_field_index("doc_id"), "doc_id", doc)
+
+    def snapshot(mem) -> list:
+        ids = mem.columns["chunk_id"].to_pylist()
+        return sorted(
+            (cid, mem.vectors[i].tobytes(), str(mem.columns.slice(i, 1).to_pylist()))
+            for i, cid in enumerate(ids)
+        )
+
+    changes = {
+        "add": lambda: commit_changes(table, renamed(docs[0], "new/doc.md")),
+        "delete": lambda: commit_changes(table, None, delete_docs=[docs[1]]),
+        "replace": lambda: commit_changes(table, renamed(docs[2], docs[2]), replace_docs=[docs[2]]),
+        "compact": lambda: maintain(cfg.db, "docs", cfg.maintenance, ann=False),
+    }
+    built = {}
+    for name, change in changes.items():
+        change()
+        pinned = reader.pinned()
+        mem = pinned.memory()
+        assert snapshot(mem) == snapshot(_MemoryIndex(pinned.table)), name
+        assert mem.rows_read + mem.rows_reused == pinned.num_rows
+        built[name] = mem
+    # a small commit reads only its new rows; the rest comes from the previous version
+    assert built["add"].rows_read == renamed(docs[0], "x").num_rows
+    assert built["add"].rows_reused == rows.num_rows
+    assert built["delete"].rows_read < built["delete"].rows_reused
+    assert built["compact"].rows_reused == 0  # every fragment was rewritten
+    hits = retrieve(reader, "x", mode="vector", k=100)
+    assert "new/doc.md" in {h.doc_id for h in hits} and docs[1] not in {h.doc_id for h in hits}
