@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from freshindex.errors import ConfigError
+from schemas.tables import RESERVED_TABLES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
@@ -150,7 +151,7 @@ class Config:
                 f"table name {self.table!r} is invalid",
                 hint="use letters, digits, '-' and '_'",
             )
-        if self.table in ("errors", "runs", "stream_batches"):
+        if self.table in RESERVED_TABLES:
             raise ConfigError(
                 f"table name {self.table!r} is reserved for freshindex's own bookkeeping",
                 hint="choose another name, e.g. 'docs'",

@@ -28,6 +28,7 @@ from schemas.tables import (
     INDEXED_COLUMNS,
     RUNS_SCHEMA,
     RUNS_TABLE,
+    STREAM_BATCHES_TABLE,
     chunks_schema,
     table_metadata,
 )
@@ -334,9 +335,23 @@ def read_errors(
     ]
 
 
+def filesystem(uri: str):
+    """(pyarrow filesystem, path) of a local path or a URI (s3://, gs://, ...)."""
+    import pyarrow.fs as pafs
+
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), uri
+    return pafs.FileSystem.from_uri(uri)
+
+
+def staging_root(db_uri: str, table: str) -> str:
+    """Where batch runs of ``table`` stage their rows, one folder per run."""
+    return os.path.join(db_uri, "_staging", table)
+
+
 def staging_dir(db_uri: str, table: str, run_id: str) -> str:
     """Where workers stage a run's chunk rows before the single commit step merges them."""
-    return os.path.join(db_uri, "_staging", table, run_id)
+    return os.path.join(staging_root(db_uri, table), run_id)
 
 
 def remove_stale_staging(db_uri: str, table: str, max_age_s: float, now: float | None = None):
@@ -346,11 +361,10 @@ def remove_stale_staging(db_uri: str, table: str, max_age_s: float, now: float |
     that stage files may run on other machines; a live run keeps writing or committing."""
     import pyarrow.fs as pafs
 
-    root = os.path.join(db_uri, "_staging", table)
-    fs, base = pafs.FileSystem.from_uri(root) if "://" in root else (pafs.LocalFileSystem(), root)
+    fs, base = filesystem(staging_root(db_uri, table))
     try:
         runs = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-    except (FileNotFoundError, OSError):
+    except OSError:
         return 0, 0
     cutoff = (time.time() if now is None else now) - max_age_s
     removed = freed = 0
@@ -393,7 +407,7 @@ def ledger_of(table, doc_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
 
 def append_stream_batch(db, row: dict[str, Any]) -> None:
     """Record one committed micro-batch of the stream (schemas.messages.STREAM_BATCHES_SCHEMA)."""
-    from schemas.messages import STREAM_BATCHES_SCHEMA, STREAM_BATCHES_TABLE
+    from schemas.messages import STREAM_BATCHES_SCHEMA
 
     full = {name: row.get(name) for name in STREAM_BATCHES_SCHEMA.names}
     _bookkeeping_table(db, STREAM_BATCHES_TABLE, STREAM_BATCHES_SCHEMA).add(
@@ -410,8 +424,6 @@ def read_stream_batches(
     columns: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The stream's batch rows, oldest first, filtered by table, run and consumer group."""
-    from schemas.messages import STREAM_BATCHES_TABLE
-
     if STREAM_BATCHES_TABLE not in table_names(db):
         return []
     filters = {"table_name": table_name, "run_id": run_id, "group_id": group_id}

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -277,7 +278,7 @@ class PinnedTable:
         config: RetrievalConfig | None = None,
         embedding: EmbeddingConfig | None = None,
         embedder=None,
-        ann_params: dict[str, Any] | None = None,
+        ann_params: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
         previous: PinnedTable | None = None,
     ):
         self.table = table
@@ -285,8 +286,10 @@ class PinnedTable:
         # not the PinnedTable, so versions never chain)
         self._previous_memory = previous._memory if previous is not None else None
         self.name = table.name
-        # nprobes / refine_factor that upkeep tuned for the ANN index (lancedb engine only)
-        self.ann_params = ann_params or {}
+        # nprobes / refine_factor that upkeep tuned for the ANN index (lancedb engine only),
+        # or a function reading them: called on the first ANN search, so pinning a version
+        # (every commit of a stream) does not read the runs table
+        self._ann_params = ann_params
         self.version = int(version)
         self.config = config or RetrievalConfig()
         meta = table_metadata(table.schema)
@@ -299,6 +302,12 @@ class PinnedTable:
         self._memory: _MemoryIndex | None = None
         self._lock = threading.Lock()
         self._rows: int | None = None
+
+    @property
+    def ann_params(self) -> dict[str, Any]:
+        if callable(self._ann_params):
+            self._ann_params = self._ann_params()
+        return self._ann_params or {}
 
     # ---- embedding
 
@@ -515,20 +524,15 @@ class IndexReader:
             previous = max(self._pinned.values(), key=lambda p: p.version, default=None)
         table = self.db.open_table(self.table_name)
         table.checkout(version)
-        from freshindex.maintain import last_ann_state
+        from freshindex.maintain import ann_search_params
 
-        ann = {
-            k: v
-            for k, v in last_ann_state(self.db, self.table_name).items()
-            if k in ("nprobes", "refine_factor") and v
-        }
         pinned = PinnedTable(
             table,
             version,
             config=self.config,
             embedding=self.embedding,
             embedder=self._embedder,
-            ann_params=ann,
+            ann_params=functools.partial(ann_search_params, self.db, self.table_name),
             previous=previous,
         )
         with self._lock:  # the embedder is shared: get_embedder caches one per model

@@ -287,7 +287,6 @@ def last_per_document(messages: list[DocumentMessage]) -> list[DocumentMessage]:
 
 # ------------------------------------------------------------------ the stream's ledger
 
-STREAM_BATCHES_TABLE = "stream_batches"
 _TS = pa.timestamp("us", tz="UTC")
 OFFSET_TYPE = pa.struct(
     [

@@ -112,4 +112,5 @@ RUNS_SCHEMA = pa.schema(
 
 ERRORS_TABLE = "errors"
 RUNS_TABLE = "runs"
-RESERVED_TABLES = (ERRORS_TABLE, RUNS_TABLE, "stream_batches")  # + schemas.messages
+STREAM_BATCHES_TABLE = "stream_batches"  # its schema: schemas.messages
+RESERVED_TABLES = (ERRORS_TABLE, RUNS_TABLE, STREAM_BATCHES_TABLE)

@@ -181,6 +181,13 @@ def wait_for(predicate, timeout=120, proc=None, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def stop_with_sigterm(proc, timeout=60) -> str:
+    """SIGTERM the stream, as an operator would; its output once it has exited."""
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=timeout)
+    return out
+
+
 def batches_of(cfg):
     db = store.connect(cfg.db)
     return store.read_stream_batches(db, table_name=cfg.table, columns=["run_id"])
@@ -207,8 +214,7 @@ def test_continuous_run_shows_changes_within_seconds_and_stops_on_sigterm(
         visible_after = time.monotonic() - started
         publish(kafka, topic, [encode_message("first", delete=True)])
         wait_for(lambda: "first" not in doc_ids(fake_cfg), 30, proc, "the delete")
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        out = stop_with_sigterm(proc)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -309,8 +315,7 @@ def test_batch_runs_and_the_stream_interleave_on_one_table(
         producer.join()
         group = f"freshindex-{fake_cfg.table}"
         wait_for(lambda: caught_up(kafka, topic, group), 120, proc, "the stream to catch up")
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        out = stop_with_sigterm(proc)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -30,7 +30,6 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from freshindex import store
@@ -132,14 +131,8 @@ def rows_for(
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), uri
-    return pafs.FileSystem.from_uri(uri)
-
-
 def stage_rows(table: pa.Table, staging_uri: str) -> str:
-    fs, root = _fs(staging_uri)
+    fs, root = store.filesystem(staging_uri)
     fs.create_dir(root, recursive=True)
     name = f"{uuid.uuid4().hex}.parquet"  # a file name, not an identity: rows carry their ids
     path = f"{root.rstrip('/')}/{name}"
@@ -150,13 +143,13 @@ def stage_rows(table: pa.Table, staging_uri: str) -> str:
 def read_staged(paths: Iterable[str]) -> pa.Table:
     tables = []
     for path in paths:
-        fs, p = _fs(path)
+        fs, p = store.filesystem(path)
         tables.append(pq.read_table(p, filesystem=fs))
     return pa.concat_tables(tables) if tables else None
 
 
 def remove_staging(staging_uri: str) -> None:
-    fs, root = _fs(staging_uri)
+    fs, root = store.filesystem(staging_uri)
     with contextlib.suppress(FileNotFoundError, OSError):
         fs.delete_dir(root)
 
@@ -231,7 +224,8 @@ def _vector_dim(spec: RunSpec, staged: Sequence[StagedBatch], db) -> int:
     if spec.table.table in store.table_names(db):
         return db.open_table(spec.table.table).schema.field("vector").type.list_size
     if staged:
-        first = pq.read_schema(_fs(staged[0].path)[1], filesystem=_fs(staged[0].path)[0])
+        fs, path = store.filesystem(staged[0].path)
+        first = pq.read_schema(path, filesystem=fs)
         return first.field("vector").type.list_size
     from freshindex.config import EmbeddingConfig
     from freshindex.embedding import get_embedder
