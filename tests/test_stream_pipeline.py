@@ -247,23 +247,24 @@ def history(n=40):
 def test_sigkill_mid_stream_then_restart_equals_one_clean_run(
     fake_cfg, kafka, topic, tmp_path, crash
 ):
-    publish(kafka, topic, history())
-    clean = dataclasses.replace(fake_cfg, db=str(tmp_path / "clean"))
-    catch_up(clean, kafka, topic, group_id="clean")
-
+    messages = history()
+    publish(kafka, topic, messages[:20])  # the rest after the crash: it dies before the end
     cfg_file = write_cfg_file(fake_cfg, tmp_path / "cfg.yaml")
     args = ["--max_batch_messages", "4", "--batch_interval_s", "0"]
-    if crash.startswith("after"):
-        proc = stream_process(
-            cfg_file, kafka, topic, *args, "--stop_at_end", env={FAULT_STREAM_CRASH: crash}
-        )
-        out, _ = proc.communicate(timeout=180)
-    else:
+    if crash == "external SIGKILL":
         proc = stream_process(cfg_file, kafka, topic, *args)
         wait_for(lambda: len(batches_of(fake_cfg)) >= 2, proc=proc, what="two batches")
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=30)
+    else:  # the pipeline kills itself at that point of micro-batch 2
+        proc = stream_process(
+            cfg_file, kafka, topic, *args, "--stop_at_end", env={FAULT_STREAM_CRASH: crash}
+        )
+        out, _ = proc.communicate(timeout=180)
     assert proc.returncode == -signal.SIGKILL, out
+    publish(kafka, topic, messages[20:])
+    clean = dataclasses.replace(fake_cfg, db=str(tmp_path / "clean"))
+    catch_up(clean, kafka, topic, group_id="clean")
 
     group = f"freshindex-{fake_cfg.table}"
     committed, ends = kafka_state(kafka, topic, group)
@@ -272,8 +273,8 @@ def test_sigkill_mid_stream_then_restart_equals_one_clean_run(
     assert sum(o or 0 for o in committed.values()) < 40  # it died before the end
     for p, offset in committed.items():  # Kafka never runs ahead of the table
         assert (offset or 0) <= recorded.get((topic, p), 0)
-    if crash == "after_chunk_commit:2":
-        assert len(batches_of(fake_cfg)) == 1  # batch 2 is in the table, not in the ledger
+    if crash in ("before_chunk_commit:2", "after_chunk_commit:2"):
+        assert len(batches_of(fake_cfg)) == 1  # batch 2 is not in the ledger (after: in the table)
 
     row = catch_up(fake_cfg, kafka, topic)  # the restart resumes and finishes
     assert row["status"] == "succeeded"
