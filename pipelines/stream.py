@@ -137,7 +137,8 @@ def stream_config(
     fields (None values are ignored, so unset flags keep the defaults)."""
     env = os.environ if environ is None else environ
     if isinstance(topics, str):
-        topics = [t.strip() for t in topics.split(",")]
+        topics = [topics]
+    topics = [t.strip() for value in topics for t in value.split(",")]
     kafka = KafkaSpec(
         bootstrap_servers=bootstrap_servers
         or env.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -148,6 +149,27 @@ def stream_config(
         client_options=parse_client_options(client_options),
     )
     return StreamConfig(kafka=kafka, **{k: v for k, v in settings.items() if v is not None})
+
+
+def stream_config_from_flags(cfg: Config, flags: Any) -> StreamConfig:
+    """``stream_config`` from parsed flags named as in ``StreamOptions``: the Beam options of
+    ``python -m pipelines.stream``, or the arguments of ``freshindex stream``."""
+    return stream_config(
+        cfg,
+        topics=flags.topics,
+        bootstrap_servers=flags.kafka_bootstrap_servers,
+        group_id=flags.group_id,
+        start_offset=flags.start_offset,
+        client_options=flags.kafka_option,
+        batch_interval_s=flags.batch_interval_s,
+        max_batch_messages=flags.max_batch_messages,
+        max_message_bytes=flags.max_message_bytes,
+        stop_at_end=flags.stop_at_end or None,
+        duration_s=flags.duration_s,
+        dead_letter_topic=flags.dead_letter_topic,
+        reader=flags.kafka_reader,
+        expansion_service=flags.kafka_expansion_service,
+    )
 
 
 @dataclass(frozen=True)
@@ -898,22 +920,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = options.view_as(StreamOptions)
     if not opts.topics:
         raise SystemExit("--topics is required")
-    stream = stream_config(
-        cfg,
-        topics=opts.topics,
-        bootstrap_servers=opts.kafka_bootstrap_servers,
-        group_id=opts.group_id,
-        start_offset=opts.start_offset,
-        client_options=opts.kafka_option,
-        batch_interval_s=opts.batch_interval_s,
-        max_batch_messages=opts.max_batch_messages,
-        max_message_bytes=opts.max_message_bytes,
-        stop_at_end=opts.stop_at_end,
-        duration_s=opts.duration_s,
-        dead_letter_topic=opts.dead_letter_topic,
-        reader=opts.kafka_reader,
-        expansion_service=opts.kafka_expansion_service,
-    )
+    stream = stream_config_from_flags(cfg, opts)
     row = run_stream(cfg, stream, argv, options.view_as(FreshIndexOptions).run_id)
     print(format_stream_summary(row))
     return 0

@@ -17,33 +17,14 @@ import os
 import sys
 
 
-def _topics(values: list[str]) -> list[str]:
-    return [t.strip() for value in values for t in value.split(",") if t.strip()]
-
-
 def cmd_stream(args, beam_args: list[str]) -> int:
     from freshindex.cli import _json_default, config_from_args
     from pipelines.batch import configure_logging
-    from pipelines.stream import format_stream_summary, run_stream, stream_config
+    from pipelines.stream import format_stream_summary, run_stream, stream_config_from_flags
 
     configure_logging(args.verbose)
     cfg = config_from_args(args)
-    stream = stream_config(
-        cfg,
-        topics=_topics(args.topics),
-        bootstrap_servers=args.bootstrap_servers,
-        group_id=args.group_id,
-        start_offset=args.start_offset,
-        client_options=args.kafka_option,
-        batch_interval_s=args.batch_interval_s,
-        max_batch_messages=args.max_batch_messages,
-        max_message_bytes=args.max_message_bytes,
-        stop_at_end=args.stop_at_end or None,
-        duration_s=args.duration_s,
-        dead_letter_topic=args.dead_letter_topic,
-        reader=args.reader,
-        expansion_service=args.expansion_service,
-    )
+    stream = stream_config_from_flags(cfg, args)
     row = run_stream(cfg, stream, beam_args, args.run_id)
     if args.json:
         print(json.dumps(row, default=_json_default, indent=2))
@@ -146,12 +127,13 @@ def register_cli(subparsers) -> None:
         "SIGTERM/Ctrl-C after the current micro-batch, with a run summary. "
         "See docs/STREAMING.md.",
     )
+    # dests as in pipelines.options.StreamOptions: one stream_config_from_flags serves both
     p.add_argument("--topic", dest="topics", action="append", required=True, help="repeatable")
     add_common_args(p)
     p.add_argument(
         "--bootstrap",
         "--bootstrap-servers",
-        dest="bootstrap_servers",
+        dest="kafka_bootstrap_servers",
         help="host:port,...; env KAFKA_BOOTSTRAP_SERVERS",
     )
     p.add_argument(
@@ -168,8 +150,14 @@ def register_cli(subparsers) -> None:
     p.add_argument("--stop-at-end", action="store_true", help="index the backlog, then stop")
     p.add_argument("--duration", dest="duration_s", type=float, help="stop after S seconds")
     p.add_argument("--dead-letter-topic", help="copy bad messages there, error in headers")
-    p.add_argument("--reader", choices=("python", "xlang"), help="default python")
-    p.add_argument("--expansion-service", help="xlang reader: host:port of the service")
+    p.add_argument(
+        "--reader", dest="kafka_reader", choices=("python", "xlang"), help="default python"
+    )
+    p.add_argument(
+        "--expansion-service",
+        dest="kafka_expansion_service",
+        help="xlang reader: host:port of the service",
+    )
     p.add_argument("--kafka-option", action="append", metavar="KEY=VALUE")
     p.add_argument("--run-id", dest="run_id")
     p.add_argument("-v", "--verbose", action="store_true")

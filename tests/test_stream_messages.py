@@ -4,6 +4,7 @@ configuration, the xlang reader's construction and the CLI's messages. Fast."""
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 
@@ -134,6 +135,37 @@ def test_split_batches_cuts_reads_at_record_boundaries():
     ranges = [(p.partition, p.start, p.end) for g in groups for p in g]
     assert ranges == [(0, 0, 3), (0, 3, 6), (0, 6, 7), (1, 7, 8), (1, 8, 9), (0, 9, 10)]
     assert split_batches(reads, 100) == [reads]
+
+
+def test_the_cli_and_the_pipeline_module_read_stream_flags_alike(fake_cfg):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from freshindex.cli import build_parser
+    from pipelines.options import StreamOptions
+    from pipelines.stream import stream_config_from_flags
+
+    cli, beam = build_parser().parse_known_args(
+        shlex.split(
+            "stream --topic a,b --topic c --bootstrap k:1 --group g --batch-interval 0.2 "
+            "--max-batch 7 --stop-at-end --runner Direct --kafka-option retries=3 "
+            "--dead-letter-topic dlq --reader python"
+        )
+    )
+    module = PipelineOptions(
+        shlex.split(
+            "--topics a,b,c --kafka_bootstrap_servers k:1 --group_id g --batch_interval_s 0.2 "
+            "--max_batch_messages 7 --stop_at_end --kafka_option retries=3 "
+            "--dead_letter_topic dlq --kafka_reader python"
+        )
+    ).view_as(StreamOptions)
+    from_cli = stream_config_from_flags(fake_cfg, cli)
+    assert from_cli == stream_config_from_flags(fake_cfg, module)
+    assert from_cli.kafka.topics == ("a", "b", "c") and from_cli.max_batch_messages == 7
+    assert (
+        from_cli.stop_at_end
+        and from_cli.dead_letter_topic == "dlq"
+        and beam == ["--runner", "Direct"]
+    )
 
 
 def test_stream_config_defaults_environment_and_validation(fake_cfg, monkeypatch):
