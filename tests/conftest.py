@@ -6,7 +6,6 @@ tests about embeddings load the real bundled all-MiniLM-L6-v2 and are marked ``s
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from query.testing import DOCS  # the small corpus the query layer's test kit in
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples" / "corpus"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-SHARED_DATA = Path(os.environ.get("FRESHINDEX_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 prepare_offline()
 
