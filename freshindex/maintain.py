@@ -151,9 +151,8 @@ def last_ann_state(db, table_name: str) -> dict[str, Any]:
 
 
 def ann_search_params(db, table_name: str) -> dict[str, Any]:
-    """nprobes/refine_factor chosen by the last maintenance for the table's ANN index ({});
-    ``db`` is a connection or a URI."""
-    state = last_ann_state(store.connect(db) if isinstance(db, str) else db, table_name)
+    """nprobes/refine_factor chosen by the last maintenance for the table's ANN index ({})."""
+    state = last_ann_state(db, table_name)
     return {k: state[k] for k in ("nprobes", "refine_factor") if state.get(k)}
 
 

@@ -203,6 +203,8 @@ def machine() -> str:
 
 
 def main() -> int:
+    from freshindex.config import EMBEDDING_DTYPES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--rate", type=float, default=20.0, help="steady docs/s")
@@ -217,7 +219,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="2 windows of 15 s, 10 s steps")
     parser.add_argument(
         "--dtype",
-        choices=("auto", "float32", "bfloat16"),
+        choices=EMBEDDING_DTYPES,
         help="embedding.dtype (default: the config's, auto)",
     )
     parser.add_argument("--out", type=Path, default=None, help="write results JSON here")

@@ -173,7 +173,7 @@ def test_ann_index_meets_the_recall_target_on_the_tables_own_data(tmp_path):
     report = maintain(db_uri, "docs", cfg)
     assert report.ann["action"] == "built"
     assert report.ann["recall"] >= 0.95
-    params = ann_search_params(db_uri, "docs")
+    params = ann_search_params(store.connect(db_uri), "docs")
     assert params["nprobes"] == report.ann["nprobes"]
     table = store.open_chunks(store.connect(db_uri), "docs")
     fresh_queries = sample_vectors(table, 50, seed=99)  # not the queries used for tuning

@@ -246,7 +246,7 @@ def test_sigkill_mid_stream_then_restart_equals_one_clean_run(
     fake_cfg, kafka, topic, tmp_path, crash
 ):
     messages = history()
-    publish(kafka, topic, messages[:20])  # the rest after the crash: it dies before the end
+    publish(kafka, topic, messages[:20])  # the rest after the crash, so it dies before the end
     cfg_file = write_cfg_file(fake_cfg, tmp_path / "cfg.yaml")
     args = ["--max_batch_messages", "4", "--batch_interval_s", "0"]
     if crash == "external SIGKILL":
@@ -268,7 +268,8 @@ def test_sigkill_mid_stream_then_restart_equals_one_clean_run(
     committed, ends = kafka_state(kafka, topic, group)
     recorded = store.read_stream_offsets(store.connect(fake_cfg.db), fake_cfg.table, group)
     assert sum(ends.values()) == 40
-    assert sum(o or 0 for o in committed.values()) < 40  # it died before the end
+    if crash != "external SIGKILL":  # it died in batch 2: Kafka holds batch 1's offsets at most
+        assert sum(o or 0 for o in committed.values()) <= 4
     for p, offset in committed.items():  # Kafka never runs ahead of the table
         assert (offset or 0) <= recorded.get((topic, p), 0)
     if crash in ("before_chunk_commit:2", "after_chunk_commit:2"):
