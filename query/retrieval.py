@@ -278,7 +278,7 @@ class PinnedTable:
         config: RetrievalConfig | None = None,
         embedding: EmbeddingConfig | None = None,
         embedder=None,
-        ann_params: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+        read_ann_params: Callable[[], dict[str, Any]] | None = None,
         previous: PinnedTable | None = None,
     ):
         self.table = table
@@ -286,10 +286,11 @@ class PinnedTable:
         # not the PinnedTable, so versions never chain)
         self._previous_memory = previous._memory if previous is not None else None
         self.name = table.name
-        # nprobes / refine_factor that upkeep tuned for the ANN index (lancedb engine only),
-        # or a function reading them: called on the first ANN search, so pinning a version
-        # (every commit of a stream) does not read the runs table
-        self._ann_params = ann_params
+        # reads the nprobes / refine_factor that upkeep tuned for the ANN index (lancedb
+        # engine only): called on the first ANN search, so pinning a version (every commit
+        # of a stream) does not read the runs table
+        self._read_ann_params = read_ann_params
+        self._ann_params: dict[str, Any] | None = None
         self.version = int(version)
         self.config = config or RetrievalConfig()
         meta = table_metadata(table.schema)
@@ -305,9 +306,9 @@ class PinnedTable:
 
     @property
     def ann_params(self) -> dict[str, Any]:
-        if callable(self._ann_params):
-            self._ann_params = self._ann_params()
-        return self._ann_params or {}
+        if self._ann_params is None:
+            self._ann_params = self._read_ann_params() if self._read_ann_params else {}
+        return self._ann_params
 
     # ---- embedding
 
@@ -532,7 +533,7 @@ class IndexReader:
             config=self.config,
             embedding=self.embedding,
             embedder=self._embedder,
-            ann_params=functools.partial(ann_search_params, self.db, self.table_name),
+            read_ann_params=functools.partial(ann_search_params, self.db, self.table_name),
             previous=previous,
         )
         with self._lock:  # the embedder is shared: get_embedder caches one per model
