@@ -135,6 +135,69 @@ class MaintenanceConfig:
             raise ConfigError("maintenance.every_commits and every_minutes must be positive")
 
 
+# Pseudo filesystems: their "regular" files are process state, devices and kernel settings
+# (/proc/self/environ holds the process's secrets), never documents.
+PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")
+
+
+def normalize_uri_prefix(prefix: str) -> str:
+    """An allowed URI prefix, checked and in canonical form: a local folder as its real path,
+    a bucket prefix as ``scheme://bucket/path/`` (matched on whole path segments).
+
+    >>> normalize_uri_prefix("s3://bucket/docs")
+    's3://bucket/docs/'
+    """
+    if not isinstance(prefix, str) or not prefix.strip():
+        raise ConfigError(f"an allowed URI prefix must be a non-empty string, got {prefix!r}")
+    if "://" not in prefix or prefix.startswith("file://"):
+        path = prefix.removeprefix("file://")
+        if not path.startswith("/"):
+            raise ConfigError(
+                f"allowed URI prefix {prefix!r} is not an absolute path",
+                hint="give local roots as absolute folders, e.g. /srv/docs",
+            )
+        real = os.path.realpath(path)
+        if real == "/" or any(real == p or real.startswith(p + "/") for p in PSEUDO_FILESYSTEMS):
+            raise ConfigError(
+                f"allowed URI prefix {prefix!r} would allow the whole filesystem or a "
+                "pseudo filesystem",
+                hint="name the folder that holds the documents, e.g. /srv/docs",
+            )
+        return real
+    scheme, _, rest = prefix.partition("://")
+    bucket, _, path = rest.partition("/")
+    parts = [p for p in path.split("/") if p]
+    if not scheme or not bucket or any(p in (".", "..") for p in parts):
+        raise ConfigError(
+            f"allowed URI prefix {prefix!r} must name a bucket, e.g. s3://bucket/docs/"
+        )
+    return f"{scheme}://{bucket}/" + "".join(p + "/" for p in parts)
+
+
+@dataclass(frozen=True)
+class StreamingConfig:
+    """What Kafka messages may make the stream read (docs/STREAMING.md, "What the stream
+    reads"). ``uri`` messages name files the worker reads: off unless enabled, and then only
+    under these prefixes (absolute local folders, or bucket prefixes like s3://bucket/docs/)."""
+
+    allow_uri_messages: bool = False
+    # a list, so that ``Config.to_dict`` stays YAML: normalized (real paths) when built
+    allowed_uri_prefixes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.allow_uri_messages, bool):
+            raise ConfigError("stream.allow_uri_messages must be true or false")
+        if isinstance(self.allowed_uri_prefixes, str):
+            raise ConfigError("stream.allowed_uri_prefixes must be a list of prefixes")
+        prefixes = [normalize_uri_prefix(p) for p in self.allowed_uri_prefixes or ()]
+        object.__setattr__(self, "allowed_uri_prefixes", prefixes)
+        if self.allow_uri_messages and not prefixes:
+            raise ConfigError(
+                "stream.allow_uri_messages needs stream.allowed_uri_prefixes",
+                hint="list the folders or bucket prefixes uri messages may name",
+            )
+
+
 @dataclass(frozen=True)
 class Config:
     db: str = "./data/lancedb"
@@ -144,6 +207,7 @@ class Config:
     parsing: ParsingConfig = field(default_factory=ParsingConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
+    stream: StreamingConfig = field(default_factory=StreamingConfig)
 
     def __post_init__(self) -> None:
         if not self.table or not self.table.replace("_", "").replace("-", "").isalnum():
@@ -183,6 +247,7 @@ _SECTIONS = {
     "parsing": ParsingConfig,
     "ingest": IngestConfig,
     "maintenance": MaintenanceConfig,
+    "stream": StreamingConfig,
 }
 
 

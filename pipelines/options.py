@@ -89,3 +89,16 @@ class StreamOptions(PipelineOptions):
             "the environment variable NAME (for secrets)",
         )
         parser.add_argument("--kafka_expansion_service", default=None, help="xlang only")
+        parser.add_argument(
+            "--allow_uri_messages",
+            action="store_true",
+            default=False,
+            help="read files that uri messages name (only under --allowed_uri_prefix)",
+        )
+        parser.add_argument(
+            "--allowed_uri_prefix",
+            action="append",
+            default=None,
+            help="absolute folder or bucket prefix (s3://bucket/docs/) uri messages may name "
+            "(repeatable; replaces stream.allowed_uri_prefixes)",
+        )

@@ -3,7 +3,8 @@ micro-batch.
 
     python -m pipelines.stream --streaming --topics docs --table docs [--db URI] \
         [--kafka_bootstrap_servers host:9092] [--group_id G] [--batch_interval_s 1] \
-        [--stop_at_end | --duration_s S] [--dead_letter_topic docs.dlq]
+        [--stop_at_end | --duration_s S] [--dead_letter_topic docs.dlq] \
+        [--allow_uri_messages --allowed_uri_prefix /srv/docs]
 
 ReadKafkaPartitions (transforms/kafka_io.py) -> IndexMicroBatches: a stateful step on a
 single key, so micro-batches are applied one at a time and in offset order. Each one:
@@ -11,9 +12,12 @@ single key, so micro-batches are applied one at a time and in offset order. Each
 decode (schemas/messages.py) -> last message per document -> plan against the table's
 ledger (``transforms.plan.decide``) -> parse -> chunk -> embed (stored vectors reused)
 -> **one** commit (``transforms.write.commit_changes`` under ``store.commit_lock``, the
-lock batch runs take too) -> errors and the batch's offsets recorded (``stream_batches``)
--> dead letters -> offsets committed to Kafka. Why this order makes a crash at any point
-safe is argued in docs/STREAMING.md.
+lock batch runs take too) -> dead letters and errors -> the batch's offsets recorded
+(``stream_batches``) -> offsets committed to Kafka. Why this order makes a crash at any
+point safe is argued in docs/STREAMING.md. Every per-message and per-document step is
+isolated: whatever one message raises becomes its error row, and the batch goes on. A
+``uri`` message is read only when allowed, under the allowed prefixes
+(``transforms/source_io.py``).
 
 The micro-batch runs the batch pipeline's per-element functions in one step rather than
 their PTransforms: a micro-batch must commit atomically and in order, with the offsets of
@@ -37,13 +41,14 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 from apache_beam.coders import PickleCoder
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.transforms import userstate
 from apache_beam.utils.timestamp import Timestamp
 
 from freshindex import store
-from freshindex.config import Config
+from freshindex.config import Config, normalize_uri_prefix
 from freshindex.errors import ConfigError, UnsupportedFormat
 from freshindex.runtime import prepare_offline
 from pipelines.batch import configure_logging, current_version, new_run_id, run_settings
@@ -52,13 +57,12 @@ from schemas.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DELETE,
     DocumentMessage,
-    InvalidMessage,
     KafkaRecord,
     PollBatch,
     decode_message,
     last_per_document,
 )
-from schemas.records import ChunkedDocument, ErrorRecord, SourceRef, sha256_hex
+from schemas.records import ChunkedDocument, EmbeddedDocument, ErrorRecord, SourceRef, sha256_hex
 from transforms.chunk import chunk_document
 from transforms.embed import VectorReuse, embed_documents
 from transforms.kafka_io import (
@@ -73,9 +77,16 @@ from transforms.kafka_io import (
     reset_stop,
     resolve_start_offsets,
 )
-from transforms.parse import CONTENT_TYPES, content_type_for, parse_document, read_bytes
+from transforms.parse import (
+    CONTENT_TYPES,
+    content_type_for,
+    max_file_bytes,
+    parse_document,
+    read_bytes,
+)
 from transforms.plan import PROCESS, SKIPPED, UPDATED, TableRef, decide
 from transforms.read import ref_from_record
+from transforms.source_io import SourceNotAllowed, resolve_allowed
 from transforms.write import commit_changes, rows_for
 
 log = logging.getLogger("freshindex.stream")
@@ -102,8 +113,19 @@ class StreamConfig:
     dead_letter_topic: str | None = None
     reader: str = "python"  # python: kafka-python SDF; xlang: Beam's Java ReadFromKafka
     expansion_service: str | None = None
+    # uri messages: off by default; when on, only files under these prefixes are read
+    # (``stream:`` in the config file; normalized like ``freshindex.config.StreamingConfig``)
+    allow_uri_messages: bool = False
+    allowed_uri_prefixes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        prefixes = tuple(normalize_uri_prefix(p) for p in self.allowed_uri_prefixes)
+        object.__setattr__(self, "allowed_uri_prefixes", prefixes)
+        if self.allow_uri_messages and not prefixes:
+            raise ConfigError(
+                "uri messages are allowed but no prefix is",
+                hint="give --allowed-uri-prefix ROOT (or stream.allowed_uri_prefixes)",
+            )
         if self.batch_interval_s < 0 or self.max_batch_messages < 1:
             raise ConfigError("batch_interval_s must be >= 0 and max_batch_messages >= 1")
         if self.max_message_bytes < 1:
@@ -134,7 +156,8 @@ def stream_config(
 ) -> StreamConfig:
     """A validated StreamConfig: arguments, then KAFKA_BOOTSTRAP_SERVERS, then defaults.
     The consumer group defaults to ``freshindex-<table>``; ``settings`` are StreamConfig
-    fields (None values are ignored, so unset flags keep the defaults)."""
+    fields (None values are ignored, so unset flags keep the defaults; the uri settings
+    default to the config's ``stream:`` section)."""
     env = os.environ if environ is None else environ
     if isinstance(topics, str):
         topics = [topics]
@@ -148,7 +171,11 @@ def stream_config(
         start_offset=start_offset or "earliest",
         client_options=parse_client_options(client_options),
     )
-    return StreamConfig(kafka=kafka, **{k: v for k, v in settings.items() if v is not None})
+    settings = {k: v for k, v in settings.items() if v is not None}
+    settings.setdefault("allow_uri_messages", cfg.stream.allow_uri_messages)
+    settings.setdefault("allowed_uri_prefixes", tuple(cfg.stream.allowed_uri_prefixes))
+    settings["allowed_uri_prefixes"] = tuple(settings["allowed_uri_prefixes"])
+    return StreamConfig(kafka=kafka, **settings)
 
 
 def stream_config_from_flags(cfg: Config, flags: Any) -> StreamConfig:
@@ -169,6 +196,8 @@ def stream_config_from_flags(cfg: Config, flags: Any) -> StreamConfig:
         dead_letter_topic=flags.dead_letter_topic,
         reader=flags.kafka_reader,
         expansion_service=flags.kafka_expansion_service,
+        allow_uri_messages=flags.allow_uri_messages or None,
+        allowed_uri_prefixes=flags.allowed_uri_prefix,
     )
 
 
@@ -349,14 +378,33 @@ class BatchIndexer:
             )
             ref = ref_from_record(line, f"kafka://{msg.record.topic}")
             return dataclasses.replace(ref, modified_at=modified_at), None
-        content_type = msg.content_type or content_type_for(msg.uri)
-        if content_type not in CONTENT_TYPES.values():
-            raise UnsupportedFormat(
-                f"unsupported content type {content_type!r} for {msg.uri}",
+        stream = self._run.stream
+        if not stream.allow_uri_messages:
+            raise SourceNotAllowed(
+                "uri messages are off: the stream reads no file a producer names",
                 doc_id=msg.doc_id,
-                hint=f"set content_type to one of {sorted(set(CONTENT_TYPES.values()))}",
+                hint="send the text inline, or set stream.allow_uri_messages: true and "
+                "stream.allowed_uri_prefixes (flags --allow-uri-messages --allowed-uri-prefix "
+                "ROOT) to let producers name files under those roots",
             )
-        data = read_bytes(msg.uri)
+        path = resolve_allowed(msg.uri, stream.allowed_uri_prefixes, doc_id=msg.doc_id)
+        # the type is the file's (its resolved name), never the producer's word for it
+        content_type = content_type_for(path)
+        if content_type is None:
+            raise UnsupportedFormat(
+                f"unsupported file type for {msg.uri}",
+                doc_id=msg.doc_id,
+                hint=f"supported extensions: {', '.join(sorted(CONTENT_TYPES))}",
+            )
+        if msg.content_type is not None and msg.content_type != content_type:
+            raise UnsupportedFormat(
+                f"content_type {msg.content_type!r} differs from the file's type {content_type!r}",
+                doc_id=msg.doc_id,
+                hint="drop content_type: the type comes from the file's name",
+            )
+        data = read_bytes(
+            path, max_file_bytes(self._cfg.parsing), roots=stream.allowed_uri_prefixes
+        )
         content_hash = sha256_hex(data)
         if msg.title or msg.metadata:  # they are part of what the message says
             content_hash = sha256_hex(
@@ -364,7 +412,7 @@ class BatchIndexer:
             )
         ref = SourceRef(
             doc_id=msg.doc_id,
-            source_uri=msg.uri,
+            source_uri=path,
             content_hash=content_hash,
             content_type=content_type,
             size=len(data),
@@ -379,19 +427,45 @@ class BatchIndexer:
             TableRef(self._cfg.db, self._cfg.table, version), self._cfg.embedding.model
         )
         docs = [c for _, c in chunked]
-        try:
-            return embed_documents(docs, self._embedder, reuse)
+        try:  # one EmbeddedDocument per document, in order
+            return list(zip([m for m, _ in chunked], embed_documents(docs, self._embedder, reuse)))
         except Exception:
             out = []  # isolate the bad document, as the batch Embed step does
             for msg, doc in chunked:
                 try:
-                    out.extend(embed_documents([doc], self._embedder, reuse))
+                    out.extend((msg, e) for e in embed_documents([doc], self._embedder, reuse))
                 except Exception as exc:
                     errors.append((msg.record, self._error("embed", exc, msg.record, msg.doc_id)))
             return out
 
+    def _rows(self, embedded: list[tuple[DocumentMessage, EmbeddedDocument]], errors):
+        """(Arrow rows, the documents they hold): a document whose rows cannot be built is an
+        error of its message, and the others are written."""
+
+        def rows(docs):
+            return rows_for(
+                docs,
+                fingerprint=self._fingerprint,
+                model=self._cfg.embedding.model,
+                run_id=self._run.run_id,
+                dim=self._embedder.dim,
+            )
+
+        docs = [d for _, d in embedded]
+        try:
+            return rows(docs), docs
+        except Exception:
+            tables, kept = [], []
+            for msg, doc in embedded:
+                try:
+                    tables.append(rows([doc]))
+                    kept.append(doc)
+                except Exception as exc:
+                    errors.append((msg.record, self._error("write", exc, msg.record, msg.doc_id)))
+            return (pa.concat_tables(tables) if tables else None), kept
+
     def _error(self, stage: str, exc: BaseException, record: KafkaRecord, doc_id: str | None):
-        return ErrorRecord.from_exception(
+        error = ErrorRecord.from_exception(
             stage,
             exc,
             doc_id=doc_id,
@@ -400,13 +474,17 @@ class BatchIndexer:
             partition=record.partition,
             offset=record.offset,
         )
+        # a message that quotes the input may hold text UTF-8 cannot store (lone surrogates):
+        # the errors table and the dead-letter headers must take it whatever it says
+        message = error.message.encode("utf-8", "backslashreplace").decode("utf-8")
+        return dataclasses.replace(error, message=message)
 
     def _decode(self, records, errors) -> list[DocumentMessage]:
         messages = []
         for record in records:
             try:
                 messages.append(decode_message(record, self._run.stream.max_message_bytes))
-            except InvalidMessage as exc:
+            except Exception as exc:  # InvalidMessage, or a decoder bug: the message, not the batch
                 key = record.key.decode("utf-8", "replace") if record.key else None
                 errors.append((record, self._error("decode", exc, record, key)))
         return messages
@@ -471,16 +549,8 @@ class BatchIndexer:
         version_before = table.version if table is not None else None
         deletes, updated, to_process = self._plan(latest, table, stats, errors)
         chunked = self._parse_and_chunk(to_process, errors)
-        embedded = self._embed(chunked, version_before, errors) if chunked else []
-        data = None
-        if embedded:
-            data = rows_for(
-                embedded,
-                fingerprint=self._fingerprint,
-                model=cfg.embedding.model,
-                run_id=self._run.run_id,
-                dim=self._embedder.dim,
-            )
+        pairs = self._embed(chunked, version_before, errors) if chunked else []
+        data, embedded = self._rows(pairs, errors) if pairs else (None, [])
         written = {d.document.doc_id for d in embedded}
 
         # 1. the one commit: upserts by chunk id, stale chunks of replaced documents and
@@ -504,12 +574,15 @@ class BatchIndexer:
         committed_at = store.utcnow()
         _crash_point("after_chunk_commit", stats.batch_seq)
 
-        # 2. bad messages: errors table, dead-letter topic (both before the offsets move)
-        store.append_errors(self._db, self._run.run_id, cfg.table, [e for _, e in errors])
+        # 2. bad messages: dead-letter topic, errors table (both before the offsets move)
         if self._dead_letters is not None and errors:
-            for record, error in errors:
-                self._dead_letters.send(record, error)
+            for record, error in list(errors):
+                try:
+                    self._dead_letters.send(record, error)
+                except Exception as exc:  # the message stays in errors; the batch goes on
+                    errors.append((record, self._error("dead_letter", exc, record, error.doc_id)))
             self._dead_letters.flush()
+        store.append_errors(self._db, self._run.run_id, cfg.table, [e for _, e in errors])
 
         # 3. the offsets, recorded with the commit, then committed to Kafka
         for poll in polls:
@@ -524,7 +597,7 @@ class BatchIndexer:
             max(0, high - progress.positions.get(key, high))
             for key, high in self._highwater.items()
         )
-        stats.docs_failed = len(errors)
+        stats.docs_failed = len({(r.topic, r.partition, r.offset) for r, _ in errors})
         stats.docs_deleted = len(deletes)
         stats.docs_added = len(written - updated)
         stats.docs_updated = len(written & updated)

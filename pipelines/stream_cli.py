@@ -2,7 +2,8 @@
 
     freshindex stream --bootstrap host:9092 --topic docs [--topic ...] --group G --table docs
         [--batch-interval 0.5] [--max-batch 500] [--stop-at-end | --duration S]
-        [--dead-letter-topic docs.dlq] [Beam options]
+        [--dead-letter-topic docs.dlq] [--allow-uri-messages --allowed-uri-prefix ROOT]
+        [Beam options]
     freshindex publish SOURCE --topic docs       a folder, glob, file or .jsonl corpus
     freshindex publish --topic docs --delete DOC_ID [DOC_ID ...]
     freshindex publish --topic docs --doc-id ID --text "..." [--title T]
@@ -91,6 +92,7 @@ def cmd_publish(args, _beam_args) -> int:
     from freshindex.errors import ConfigError
     from pipelines.stream import DEFAULT_BOOTSTRAP
     from transforms.kafka_io import KafkaSpec, new_producer, parse_client_options
+    from transforms.read import JSONL_SUFFIXES
 
     if args.text is not None and not args.doc_id:
         raise ConfigError("--text needs --doc-id (the message key)")
@@ -114,6 +116,12 @@ def cmd_publish(args, _beam_args) -> int:
     finally:
         producer.close()
     print(f"published {sent} messages to {args.topic} on {spec.bootstrap_servers}")
+    if args.source and not args.source.endswith(JSONL_SUFFIXES):
+        print(
+            "note: files go as uri messages; the stream reads them only with "
+            "--allow-uri-messages and an --allowed-uri-prefix that holds them",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -159,6 +167,18 @@ def register_cli(subparsers) -> None:
         help="xlang reader: host:port of the service",
     )
     p.add_argument("--kafka-option", action="append", metavar="KEY=VALUE")
+    p.add_argument(
+        "--allow-uri-messages",
+        action="store_true",
+        help="read files that uri messages name, only under --allowed-uri-prefix "
+        "(default off: docs/STREAMING.md)",
+    )
+    p.add_argument(
+        "--allowed-uri-prefix",
+        action="append",
+        metavar="PREFIX",
+        help="absolute folder or bucket prefix uri messages may name (repeatable)",
+    )
     p.add_argument("--run-id", dest="run_id")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_stream, beam=True)

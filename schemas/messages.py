@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,14 @@ _FIELDS = frozenset(
 )
 MAX_KEY_CHARS = 1024
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# metadata is stored beside every chunk and returned with every hit: bounded, so one
+# message cannot make every search that returns its document slow or failing
+MAX_METADATA_DEPTH = 8  # the metadata object itself is level 1
+MAX_METADATA_BYTES = 16 * 1024  # as compact UTF-8 JSON
+# updated_at: from 1970-01-01 to 9999-12-31 (what a UTC datetime can hold), epoch seconds
+MIN_EPOCH_S = 0.0
+MAX_EPOCH_S = 253_402_300_799.0
+_MAX_TIME_CHARS = 64
 
 
 class InvalidMessage(DocumentError):
@@ -117,34 +126,119 @@ class DocumentMessage:
     updated_at: float | None = None  # epoch seconds
 
     @property
-    def modified_at(self) -> float:
-        """When the document changed: ``updated_at``, else the record's Kafka timestamp."""
-        return self.updated_at if self.updated_at is not None else self.record.timestamp_ms / 1000
+    def modified_at(self) -> float | None:
+        """When the document changed: ``updated_at``, else the record's Kafka timestamp
+        (None where a producer set none or one out of range)."""
+        if self.updated_at is not None:
+            return self.updated_at
+        seconds = self.record.timestamp_ms / 1000
+        return seconds if MIN_EPOCH_S < seconds <= MAX_EPOCH_S else None
+
+
+def _utf8(value: str, name: str, doc_id: str | None) -> str:
+    """``value`` if it can be stored: JSON may escape lone surrogates that UTF-8 cannot hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidMessage(f"{name} is not valid Unicode: {exc.reason}", doc_id=doc_id) from exc
+    return value
 
 
 def _optional_str(body: dict[str, Any], name: str, doc_id: str) -> str | None:
     value = body.get(name)
     if value is not None and not isinstance(value, str):
         raise InvalidMessage(f"field {name!r} must be a string", doc_id=doc_id)
-    return value
+    return None if value is None else _utf8(value, f"field {name!r}", doc_id)
 
 
 def _epoch(value: Any, doc_id: str) -> float | None:
+    """``updated_at`` as epoch seconds, finite and within years 1970..9999."""
     if value is None:
         return None
+    seconds: float | int | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
+        seconds = value
+    elif isinstance(value, str) and len(value) <= _MAX_TIME_CHARS:
         try:
             parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            pass
-        else:
             parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-            return parsed.timestamp()
+            seconds = parsed.timestamp()
+        except (ValueError, OverflowError):
+            pass
+    # compared before any conversion: NaN compares false, a huge int never overflows a float
+    if seconds is not None and MIN_EPOCH_S <= seconds <= MAX_EPOCH_S:
+        return float(seconds)
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
     raise InvalidMessage(
-        f"updated_at {value!r} is not a time", doc_id=doc_id, hint="use ISO 8601 or epoch seconds"
+        f"updated_at {shown} is not a time between 1970 and 9999",
+        doc_id=doc_id,
+        hint="use ISO 8601 or epoch seconds",
     )
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether JSON ``value`` nests deeper than ``limit`` levels; iterative, stops at the limit."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = (
+            node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        )
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _metadata(value: Any, doc_id: str) -> dict[str, Any]:
+    metadata = value or {}
+    if not isinstance(metadata, dict):
+        raise InvalidMessage("'metadata' must be a JSON object", doc_id=doc_id)
+    if _depth_exceeds(metadata, MAX_METADATA_DEPTH):
+        raise InvalidMessage(
+            f"'metadata' nests deeper than {MAX_METADATA_DEPTH} levels",
+            doc_id=doc_id,
+            hint="flatten it: metadata is for filters, not for documents",
+        )
+    try:
+        size = len(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")).encode())
+    except UnicodeEncodeError as exc:
+        raise InvalidMessage(
+            f"'metadata' is not valid Unicode: {exc.reason}", doc_id=doc_id
+        ) from exc
+    if size > MAX_METADATA_BYTES:
+        raise InvalidMessage(
+            f"'metadata' is {size:,} bytes of JSON, over the limit of {MAX_METADATA_BYTES:,}",
+            doc_id=doc_id,
+            hint="keep metadata to a few filterable fields; put the content in 'text'",
+        )
+    return metadata
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return number
+
+
+def _json_object(value: bytes, doc_id: str) -> Any:
+    """The decoded value: strict JSON (no NaN/Infinity, no float overflowing to inf); too deep
+    a nesting is an InvalidMessage, not a RecursionError."""
+    try:
+        return json.loads(
+            value.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidMessage(f"the value is not UTF-8 JSON: {exc}", doc_id=doc_id) from exc
+    except RecursionError as exc:
+        raise InvalidMessage("the value nests too deeply to decode", doc_id=doc_id) from exc
 
 
 def decode_message(
@@ -175,10 +269,7 @@ def decode_message(
             doc_id=doc_id,
             hint="publish large documents as a 'uri', or raise max_message_bytes",
         )
-    try:
-        body = json.loads(record.value.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidMessage(f"the value is not UTF-8 JSON: {exc}", doc_id=doc_id) from exc
+    body = _json_object(record.value, doc_id)
     if not isinstance(body, dict):
         raise InvalidMessage("the value must be a JSON object (or null)", doc_id=doc_id)
     unknown = set(body) - _FIELDS
@@ -189,7 +280,7 @@ def decode_message(
             hint=f"known fields: {sorted(_FIELDS)}; put extra data in 'metadata'",
         )
     version = body.get("schema_version", MESSAGE_SCHEMA_VERSION)
-    if version != MESSAGE_SCHEMA_VERSION:
+    if type(version) is not int or version != MESSAGE_SCHEMA_VERSION:
         raise InvalidMessage(
             f"schema_version {version!r} is not supported",
             doc_id=doc_id,
@@ -212,9 +303,7 @@ def decode_message(
         raise InvalidMessage("an upsert needs exactly one of 'text' and 'uri'", doc_id=doc_id)
     if uri is not None and not uri.strip():
         raise InvalidMessage("'uri' is empty", doc_id=doc_id)
-    metadata = body.get("metadata") or {}
-    if not isinstance(metadata, dict):
-        raise InvalidMessage("'metadata' must be a JSON object", doc_id=doc_id)
+    metadata = _metadata(body.get("metadata"), doc_id)
     return DocumentMessage(
         doc_id=doc_id,
         op=UPSERT,

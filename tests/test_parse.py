@@ -1,10 +1,10 @@
 import pytest
 
 from freshindex.config import ParsingConfig
-from freshindex.errors import CorruptDocument, EmptyDocument
+from freshindex.errors import CorruptDocument, EmptyDocument, UnsupportedFormat
 from schemas.records import SourceRef, sha256_hex
 from tests.conftest import FIXTURES, SAMPLES
-from transforms.parse import content_type_for, parse_document
+from transforms.parse import content_type_for, max_file_bytes, parse_document, read_bytes
 
 
 def parse_file(path, cfg=None):
@@ -67,3 +67,61 @@ def test_records_carry_their_own_text():
     doc = parse_document(ref, None, ParsingConfig())
     assert [e.text for e in doc.elements] == ["A title", "p1", "p2"]
     assert doc.elements[1].section == "A title"
+
+
+# ------------------------------------------------------------------ reading, bounded
+
+
+def parse_errors(ref, cfg):
+    """What the Parse step emits for ``ref``: (documents, error records)."""
+    from apache_beam.pvalue import TaggedOutput
+
+    from transforms.parse import _ParseFn
+
+    fn = _ParseFn(cfg)
+    fn.setup()
+    out = list(fn.process(ref))
+    return [o for o in out if not isinstance(o, TaggedOutput)], [
+        o.value for o in out if isinstance(o, TaggedOutput)
+    ]
+
+
+def test_a_file_over_max_file_mb_is_refused_before_it_is_read(tmp_path):
+    import tracemalloc
+
+    big = tmp_path / "big.pdf"
+    with open(big, "wb") as handle:  # sparse: 315 MiB that take no disk
+        handle.truncate(315 * 1024 * 1024)
+    cfg = ParsingConfig(max_file_mb=1)
+    ref = SourceRef("big.pdf", str(big), "h", "application/pdf", size=315 * 1024 * 1024)
+    tracemalloc.start()
+    try:
+        docs, errors = parse_errors(ref, cfg)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 1024 * 1024  # the old code read all 315 MiB, then refused
+    assert not docs
+    (error,) = errors
+    assert (error.doc_id, error.error_class) == ("big.pdf", "UnsupportedFormat")
+    assert "315.0 MiB, over the limit of 1.0 MiB" in error.message
+    assert "raise parsing.max_file_mb" in error.message
+    with pytest.raises(UnsupportedFormat, match="over the limit"):
+        read_bytes(str(big), max_file_bytes(cfg))
+
+
+def test_a_fifo_or_folder_is_refused_without_blocking(tmp_path):
+    import os
+
+    from tests.test_source_io import call_with_liveness_bound
+
+    fifo = tmp_path / "pipe.md"
+    os.mkfifo(fifo)
+    ref = SourceRef("pipe.md", str(fifo), "h", "text/markdown")
+    docs, errors = call_with_liveness_bound(
+        lambda: parse_errors(ref, ParsingConfig()), fifo=str(fifo)
+    )
+    assert not docs and errors[0].error_class == "UnsupportedFormat"
+    assert "is not a regular file" in errors[0].message
+    with pytest.raises(UnsupportedFormat, match="not a regular file"):
+        read_bytes(str(tmp_path), 100)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 import zlib
 
@@ -64,15 +65,16 @@ class Topic:
         return tuple(PartitionStart(self.name, p, 0) for p in range(self.partitions))
 
 
-def indexer_for(cfg, topic, run_id="r1"):
+def indexer_for(cfg, topic, run_id="r1", dead_letters=None, **settings):
+    """A BatchIndexer without a broker; ``settings`` are StreamConfig fields."""
     run = StreamRun(
         run_id=run_id,
         cfg=cfg,
-        stream=stream_config(cfg, topics=topic.name, bootstrap_servers="unused:9092"),
+        stream=stream_config(cfg, topics=topic.name, bootstrap_servers="unused:9092", **settings),
         starts=topic.starts(),
         started_at=time.time(),
     )
-    indexer = BatchIndexer(run)
+    indexer = BatchIndexer(run, dead_letters=dead_letters)
     return indexer, indexer.initial_progress()
 
 
@@ -89,7 +91,8 @@ def test_a_micro_batch_is_one_commit_with_errors_and_offsets(fake_cfg, tmp_path,
     topic.send("a", text="Alpha is the first letter.", title="Alpha")
     topic.send("b", text="Beta is the second letter.")
     topic.send("file.md", uri=str(corpus / "guide/timeouts.md"))
-    indexer, progress = indexer_for(fake_cfg, topic)
+    allow = {"allow_uri_messages": True, "allowed_uri_prefixes": [str(tmp_path)]}
+    indexer, progress = indexer_for(fake_cfg, topic, **allow)
     first = indexer.index(topic.polls(), progress)
     assert (first.messages, first.docs_added, first.docs_failed) == (3, 3, 0)
     assert {r["doc_id"] for r in table_rows(fake_cfg.db)} == {"a", "b", "file.md"}
@@ -230,7 +233,12 @@ def test_stream_and_batch_agree_on_documents_and_chunks(fake_cfg, tmp_path, corp
     files = Topic(name="files")
     for rel in DOCS:
         files.send(rel, uri=str(corpus / rel))
-    indexer, progress = indexer_for(dataclasses.replace(fake_cfg, table="files"), files)
+    indexer, progress = indexer_for(
+        dataclasses.replace(fake_cfg, table="files"),
+        files,
+        allow_uri_messages=True,
+        allowed_uri_prefixes=[str(corpus)],
+    )
     indexer.index(files.polls(), progress)
 
     def ledger(db, table):
@@ -296,3 +304,235 @@ def test_the_real_model_through_a_micro_batch(real_cfg):
     query = get_embedder(real_cfg.embedding).encode(["which birds have flat bills?"])[0]
     hit = table.search(query).limit(1).select(["doc_id"]).to_list()[0]
     assert hit["doc_id"] == "ducks"
+
+
+# ------------------------------------------------------------ hostile producers (issue 10)
+
+
+class DeadLetters:
+    """Collects what the indexer would copy to the dead-letter topic."""
+
+    def __init__(self):
+        self.sent: list[tuple[KafkaRecord, object]] = []
+        self.flushed = 0
+
+    def send(self, record, error):
+        self.sent.append((record, error))
+
+    def flush(self):
+        self.flushed += 1
+
+
+def errors_of(cfg, run_id="r1"):
+    return {e["doc_id"]: e for e in store.read_errors(store.connect(cfg.db), run_id=run_id)}
+
+
+def all_text(cfg):
+    if cfg.table not in store.table_names(store.connect(cfg.db)):
+        return ""
+    return " ".join(r["text"] for r in table_rows(cfg.db))
+
+
+def test_uri_messages_are_off_by_default(fake_cfg, tmp_path):
+    secret = tmp_path / "id_rsa.txt"
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY----- hunter2")
+    topic = Topic(partitions=1)
+    topic.send("ok", text="An inline document is always fine.")
+    for doc_id, uri in [("env", "/proc/self/environ"), ("pw", "/etc/passwd"), ("key", secret)]:
+        topic.send(doc_id, uri=str(uri))
+    dead = DeadLetters()
+    indexer, progress = indexer_for(fake_cfg, topic, dead_letters=dead)
+    stats = indexer.index(topic.polls(), progress)
+    assert (stats.docs_added, stats.docs_failed) == (1, 3)
+    assert {r["doc_id"] for r in table_rows(fake_cfg.db)} == {"ok"}
+    assert "hunter2" not in all_text(fake_cfg) and "PATH=" not in all_text(fake_cfg)
+    errors = errors_of(fake_cfg)
+    for doc_id in ("env", "pw", "key"):
+        assert (errors[doc_id]["stage"], errors[doc_id]["error_class"]) == (
+            "read",
+            "SourceNotAllowed",
+        )
+        assert "stream.allow_uri_messages: true" in errors[doc_id]["message"]  # how to enable
+    assert sorted(r.key for r, _ in dead.sent) == [b"env", b"key", b"pw"] and dead.flushed
+    assert progress.positions == {("docs", 0): 4}
+
+
+def test_uri_messages_read_only_regular_files_inside_the_allowed_prefixes(fake_cfg, tmp_path):
+    from tests.test_source_io import SECRET, call_with_liveness_bound
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "guide.md").write_text("# Guide\n\nThe allowed document.")
+    (docs / "page.html").write_text("<h1>Page</h1><p>Parsed as HTML.</p>")
+    (tmp_path / "docs-secret").mkdir()
+    (tmp_path / "docs-secret" / "plan.md").write_text(SECRET)
+    (tmp_path / "secret.md").write_text(SECRET)
+    (docs / "escape.md").symlink_to(tmp_path / "secret.md")
+    (docs / "renamed.md").symlink_to(docs / "page.html")  # the real name decides the type
+    (docs / "folder.md").mkdir()
+    os.mkfifo(docs / "pipe.md")
+    topic = Topic(partitions=1)
+    cases = {
+        "guide": str(docs / "guide.md"),
+        "renamed": str(docs / "renamed.md"),
+        "sibling": str(tmp_path / "docs-secret/plan.md"),
+        "dotdot": f"{docs}/../secret.md",
+        "escape": str(docs / "escape.md"),
+        "folder": str(docs / "folder.md"),
+        "fifo": str(docs / "pipe.md"),
+        "environ": "/proc/self/environ",
+        "relative": "docs/guide.md",
+    }
+    for doc_id, uri in cases.items():
+        topic.send(doc_id, uri=uri)
+    topic.send("liar", uri=str(docs / "guide.md"), content_type="application/pdf")
+    indexer, progress = indexer_for(
+        fake_cfg,
+        topic,
+        allow_uri_messages=True,
+        allowed_uri_prefixes=[str(docs), "s3://bucket/docs/"],
+    )
+    stats = call_with_liveness_bound(
+        lambda: indexer.index(topic.polls(), progress), fifo=str(docs / "pipe.md")
+    )
+    assert (stats.docs_added, stats.docs_failed) == (2, 8)
+    rows = {r["doc_id"]: r for r in table_rows(fake_cfg.db)}
+    assert set(rows) == {"guide", "renamed"}
+    assert "do-not-index-me" not in all_text(fake_cfg)
+    table = store.open_chunks(store.connect(fake_cfg.db), "docs").to_arrow().to_pylist()
+    renamed = next(r for r in table if r["doc_id"] == "renamed")
+    assert renamed["content_type"] == "text/html"
+    assert renamed["source_uri"] == os.path.realpath(docs / "page.html")  # what was read
+    errors = errors_of(fake_cfg)
+    assert {d: errors[d]["error_class"] for d in errors} == {
+        "sibling": "SourceNotAllowed",
+        "dotdot": "SourceNotAllowed",
+        "escape": "SourceNotAllowed",
+        "folder": "UnsupportedFormat",
+        "fifo": "UnsupportedFormat",
+        "environ": "SourceNotAllowed",
+        "relative": "SourceNotAllowed",
+        "liar": "UnsupportedFormat",
+    }
+    assert "not a regular file (a FIFO" in errors["fifo"]["message"]
+    assert "not a regular file (a folder)" in errors["folder"]["message"]
+    assert "differs from the file's type" in errors["liar"]["message"]
+
+
+def test_uri_settings_come_from_the_config_and_are_checked(fake_cfg, tmp_path):
+    from freshindex.config import load_config
+    from freshindex.errors import ConfigError
+
+    cfg = load_config(
+        overrides={
+            "db": fake_cfg.db,
+            "stream.allow_uri_messages": True,
+            "stream.allowed_uri_prefixes": [str(tmp_path), "s3://b/docs"],
+        },
+        environ={},
+    )
+    stream = stream_config(cfg, topics="t")
+    assert stream.allow_uri_messages
+    assert stream.allowed_uri_prefixes == (os.path.realpath(tmp_path), "s3://b/docs/")
+    assert not stream_config(fake_cfg, topics="t").allow_uri_messages  # the shipped default
+    with pytest.raises(ConfigError, match="allowed_uri_prefixes"):
+        load_config(overrides={"stream.allow_uri_messages": True}, environ={})
+    with pytest.raises(ConfigError, match="no prefix"):
+        stream_config(fake_cfg, topics="t", allow_uri_messages=True)
+    with pytest.raises(ConfigError, match="whole filesystem"):
+        stream_config(fake_cfg, topics="t", allow_uri_messages=True, allowed_uri_prefixes=["/"])
+
+
+def poison_and_valid(topic):
+    """Valid documents around the messages that stopped the stream before issue 10."""
+    valid = [topic.send(f"ok{i}", text=f"Valid document number {i}.") for i in range(3)]
+    poison = {
+        "deep": topic.send(
+            "deep", b'{"text": "x", "metadata": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+        ),
+        "huge-time": topic.send("huge-time", b'{"text": "x", "updated_at": 1e20}'),
+        "nan-time": topic.send("nan-time", b'{"text": "x", "updated_at": NaN}'),
+        "deep-meta": topic.send("deep-meta", {"text": "x", "metadata": {"a": [[[[[[[[1]]]]]]]]}}),
+        "big-meta": topic.send("big-meta", {"text": "x", "metadata": {"k": "v" * 20_000}}),
+        "surrogate": topic.send("surrogate", b'{"text": "\\ud800"}'),
+    }
+    valid.append(topic.send("ok3", text="The last valid one.", updated_at="2024-05-01T00:00:00Z"))
+    return valid, poison
+
+
+def test_poison_messages_never_stop_a_micro_batch(fake_cfg):
+    topic = Topic(partitions=1)
+    valid, poison = poison_and_valid(topic)
+    dead = DeadLetters()
+    indexer, progress = indexer_for(fake_cfg, topic, dead_letters=dead)
+    stats = indexer.index(topic.polls(), progress)  # one micro-batch holding all of them
+    assert (stats.messages, stats.docs_added, stats.docs_failed) == (10, 4, 6)
+    assert {r["doc_id"] for r in table_rows(fake_cfg.db)} == {r.key.decode() for r in valid}
+    errors = errors_of(fake_cfg)
+    assert set(errors) == set(poison)
+    assert all(e["stage"] == "decode" for e in errors.values())
+    assert all(errors[d]["offset"] == rec.offset for d, rec in poison.items())
+    assert "too deeply" in errors["deep"]["message"]
+    assert "between 1970 and 9999" in errors["huge-time"]["message"]
+    assert "NaN" in errors["nan-time"]["message"]
+    assert "deeper than 8 levels" in errors["deep-meta"]["message"]
+    assert "over the limit of 16,384" in errors["big-meta"]["message"]
+    assert {r.offset for r, _ in dead.sent} == {r.offset for r in poison.values()}
+    assert progress.positions == {("docs", 0): 10}  # the offsets move past the poison
+    recorded = store.read_stream_offsets(store.connect(fake_cfg.db), "docs", "freshindex-docs")
+    assert recorded == {("docs", 0): 10}
+
+
+def test_any_failure_of_one_document_is_its_error_not_the_batch(fake_cfg, monkeypatch):
+    """Decoder and row-building bugs that no validation foresaw: the document, not the batch."""
+    import pipelines.stream as stream_module
+
+    real_decode, real_rows = stream_module.decode_message, stream_module.rows_for
+
+    def decode(record, max_bytes):
+        if record.key == b"decoder-bug":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real_decode(record, max_bytes)
+
+    def rows_for(docs, **kw):
+        if any(d.document.doc_id == "writer-bug" for d in docs):
+            raise OverflowError("date value out of range")
+        return real_rows(docs, **kw)
+
+    monkeypatch.setattr(stream_module, "decode_message", decode)
+    monkeypatch.setattr(stream_module, "rows_for", rows_for)
+    topic = Topic(partitions=1)
+    topic.send("a", text="Alpha.")
+    topic.send("decoder-bug", text="x")
+    topic.send("writer-bug", text="Never written.")
+    topic.send("b", text="Beta.")
+    indexer, progress = indexer_for(fake_cfg, topic)
+    stats = indexer.index(topic.polls(), progress)
+    assert (stats.docs_added, stats.docs_failed) == (2, 2)
+    assert {r["doc_id"] for r in table_rows(fake_cfg.db)} == {"a", "b"}
+    errors = errors_of(fake_cfg)
+    assert (errors["decoder-bug"]["stage"], errors["decoder-bug"]["error_class"]) == (
+        "decode",
+        "RecursionError",
+    )
+    assert (errors["writer-bug"]["stage"], errors["writer-bug"]["error_class"]) == (
+        "write",
+        "OverflowError",
+    )
+    assert progress.positions == {("docs", 0): 4}
+
+
+def test_a_dead_letter_that_cannot_be_sent_is_recorded_and_the_batch_goes_on(fake_cfg):
+    class Refusing(DeadLetters):
+        def send(self, record, error):
+            raise RuntimeError("MessageSizeTooLargeError: the message is too large")
+
+    topic = Topic(partitions=1)
+    topic.send("bad", b"{not json")
+    topic.send("good", text="Indexed anyway.")
+    indexer, progress = indexer_for(fake_cfg, topic, dead_letters=Refusing())
+    stats = indexer.index(topic.polls(), progress)
+    assert (stats.docs_added, stats.docs_failed) == (1, 1)
+    stages = sorted(e["stage"] for e in store.read_errors(store.connect(fake_cfg.db), run_id="r1"))
+    assert stages == ["dead_letter", "decode"]
+    assert progress.positions == {("docs", 0): 2}

@@ -4,6 +4,7 @@ configuration, the xlang reader's construction and the CLI's messages. Fast."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 
 import pytest
@@ -80,14 +81,39 @@ def test_encode_round_trips():
         ("a", {"text": 5}, "must be a string"),
         ("a", {"uri": " "}, "empty"),
         ("a", {"text": "x", "updated_at": "yesterday"}, "not a time"),
+        ("a", {"text": "x", "updated_at": 1e20}, "between 1970 and 9999"),
+        ("a", {"text": "x", "updated_at": -1}, "between 1970 and 9999"),
+        ("a", {"text": "x", "updated_at": "0900-01-01"}, "between 1970 and 9999"),
+        ("a", b'{"text": "x", "updated_at": NaN}', "NaN is not a JSON number"),
+        ("a", b'{"text": "x", "updated_at": 1e999}', "out of range"),
+        ("a", b'{"text": "x", "updated_at": Infinity}', "Infinity is not"),
+        ("a", b"[" * 5000 + b"]" * 5000, "nests too deeply"),
+        ("a", {"text": "x", "metadata": {"a": [[[[[[[[1]]]]]]]]}}, "deeper than 8"),
+        ("a", b'{"text": "\\ud800"}', "not valid Unicode"),
+        ("a", {"text": "x", "schema_version": True}, "schema_version"),
         ("a", {"text": "x" * 200}, "over the limit"),
     ],
 )
 def test_contract_violations_say_what_is_wrong(key, value, says):
+    big = isinstance(value, bytes) and len(value) > 1000  # deep nesting takes room
     with pytest.raises(InvalidMessage) as info:
-        decode_message(record(key, value), max_bytes=100)
+        decode_message(record(key, value), max_bytes=10**6 if big else 100)
     assert says in str(info.value)
     assert info.value.stage == "decode"
+
+
+def test_timestamps_and_metadata_within_bounds_are_kept():
+    top = decode_message(record("a", {"text": "x", "updated_at": "9999-12-31T23:59:59Z"}))
+    assert top.modified_at == 253_402_300_799.0
+    deep = {"a": [[[[[[[1]]]]]]]}  # 8 levels, the metadata object included
+    assert decode_message(record("a", {"text": "x", "metadata": deep})).metadata == deep
+    big = {"k": "v" * (16 * 1024 - 8)}  # 16 KiB of compact JSON exactly
+    assert decode_message(record("a", {"text": "x", "metadata": big})).metadata == big
+    with pytest.raises(InvalidMessage, match="over the limit of 16,384"):
+        decode_message(record("a", {"text": "x", "metadata": {"k": "v" * (16 * 1024 - 7)}}))
+    # a Kafka timestamp a producer set out of range is no modification time
+    assert decode_message(record("a", {"text": "x"}, ts=2**62)).modified_at is None
+    assert decode_message(record("a", {"text": "x"}, ts=-1)).modified_at is None
 
 
 def test_last_message_per_document_wins():
@@ -148,19 +174,25 @@ def test_the_cli_and_the_pipeline_module_read_stream_flags_alike(fake_cfg):
         shlex.split(
             "stream --topic a,b --topic c --bootstrap k:1 --group g --batch-interval 0.2 "
             "--max-batch 7 --stop-at-end --runner Direct --kafka-option retries=3 "
-            "--dead-letter-topic dlq --reader python"
+            "--dead-letter-topic dlq --reader python --allow-uri-messages "
+            "--allowed-uri-prefix /srv/docs --allowed-uri-prefix s3://b/d"
         )
     )
     module = PipelineOptions(
         shlex.split(
             "--topics a,b,c --kafka_bootstrap_servers k:1 --group_id g --batch_interval_s 0.2 "
             "--max_batch_messages 7 --stop_at_end --kafka_option retries=3 "
-            "--dead_letter_topic dlq --kafka_reader python"
+            "--dead_letter_topic dlq --kafka_reader python --allow_uri_messages "
+            "--allowed_uri_prefix /srv/docs --allowed_uri_prefix s3://b/d"
         )
     ).view_as(StreamOptions)
     from_cli = stream_config_from_flags(fake_cfg, cli)
     assert from_cli == stream_config_from_flags(fake_cfg, module)
     assert from_cli.kafka.topics == ("a", "b", "c") and from_cli.max_batch_messages == 7
+    assert from_cli.allow_uri_messages
+    assert from_cli.allowed_uri_prefixes == (os.path.realpath("/srv/docs"), "s3://b/d/")
+    no_uri = build_parser().parse_known_args(["stream", "--topic", "a"])[0]
+    assert not stream_config_from_flags(fake_cfg, no_uri).allow_uri_messages  # off by default
     assert (
         from_cli.stop_at_end
         and from_cli.dead_letter_topic == "dlq"

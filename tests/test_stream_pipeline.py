@@ -22,7 +22,8 @@ from freshindex import store
 from freshindex.errors import SourceError
 from freshindex.kafka_broker import create_topic, kafka_for_tests
 from pipelines.stream import FAULT_STREAM_CRASH, run_stream, stream_config
-from schemas.messages import encode_message
+from schemas.messages import KafkaRecord, encode_message
+from schemas.records import ErrorRecord
 from tests.conftest import DOCS, ROOT, table_rows
 
 pytestmark = pytest.mark.kafka
@@ -99,7 +100,14 @@ def test_catch_up_runs_index_the_backlog_and_commit_offsets_after_the_table(
         (b"broken", b"{not json"),
     ]
     publish(kafka, topic, messages)
-    row = catch_up(fake_cfg, kafka, topic, dead_letter_topic=dlq)
+    row = catch_up(
+        fake_cfg,
+        kafka,
+        topic,
+        dead_letter_topic=dlq,
+        allow_uri_messages=True,
+        allowed_uri_prefixes=[str(corpus)],
+    )
 
     assert (row["kind"], row["status"], row["docs_seen"]) == ("stream", "succeeded", 11)
     assert (row["docs_added"], row["docs_failed"], row["docs_deleted"]) == (5, 1, 0)
@@ -131,6 +139,69 @@ def test_catch_up_runs_index_the_backlog_and_commit_offsets_after_the_table(
     assert "note-1" not in {r["doc_id"] for r in table_rows(fake_cfg.db)}
     with pytest.raises(SourceError, match="does not exist"):  # refused before it starts
         catch_up(fake_cfg, kafka, topic, dead_letter_topic=f"{topic}.missing")
+
+
+def test_poison_messages_are_dead_lettered_and_the_batch_is_committed_once(
+    fake_cfg, kafka, tmp_path
+):
+    """The messages that stopped the stream before issue 10 (a RecursionError, an
+    OverflowError, NaN out of the indexer, replayed forever on restart), and uri messages
+    naming secrets, among valid documents of one micro-batch."""
+    topic, dlq = f"poison-{uuid.uuid4().hex[:8]}", f"poison-{uuid.uuid4().hex[:8]}.dlq"
+    create_topic(kafka, topic, partitions=1)
+    create_topic(kafka, dlq, partitions=1)
+    secret = tmp_path / "id_rsa.md"
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY----- hunter2")
+    valid = [encode_message(f"ok{i}", text=f"Valid document {i} about geese.") for i in range(3)]
+    poison = [
+        (b"deep", b'{"text": "x", "metadata": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"),
+        (b"huge-time", b'{"text": "x", "updated_at": 1e20}'),
+        (b"nan-time", b'{"text": "x", "updated_at": NaN}'),
+        encode_message("environ", uri="/proc/self/environ"),
+        encode_message("ssh-key", uri=str(secret)),
+    ]
+    publish(kafka, topic, [valid[0], *poison[:3], valid[1], *poison[3:], valid[2]])
+    row = catch_up(fake_cfg, kafka, topic, dead_letter_topic=dlq, max_batch_messages=500)
+
+    assert (row["status"], row["docs_seen"]) == ("succeeded", 8)
+    assert (row["docs_added"], row["docs_failed"]) == (3, 5)
+    rows = table_rows(fake_cfg.db)
+    assert {r["doc_id"] for r in rows} == {"ok0", "ok1", "ok2"}
+    assert not any("hunter2" in r["text"] or "PATH=" in r["text"] for r in rows)
+    db = store.connect(fake_cfg.db)
+    errors = {e["doc_id"]: e for e in store.read_errors(db, run_id=row["run_id"])}
+    assert set(errors) == {"deep", "huge-time", "nan-time", "environ", "ssh-key"}
+    assert {e["stage"] for d, e in errors.items() if d in ("environ", "ssh-key")} == {"read"}
+    assert all((e["topic"], e["partition"]) == (topic, 0) for e in errors.values())
+    assert len({e["offset"] for e in errors.values()}) == 5
+    dead = read_topic(kafka, dlq, 5)
+    assert sorted(d.key for d in dead) == sorted(k for k, _ in poison)
+    assert all(dict(d.headers)["freshindex.source"].startswith(b"kafka://") for d in dead)
+    committed, ends = kafka_state(kafka, topic, f"freshindex-{fake_cfg.table}")
+    assert committed == ends == {0: 8}  # the offsets moved past the poison
+
+    again = catch_up(fake_cfg, kafka, topic, dead_letter_topic=dlq)  # a restart
+    assert (again["status"], again["docs_seen"], again["docs_failed"]) == ("succeeded", 0, 0)
+
+
+def test_a_dead_letter_too_large_for_the_producer_goes_without_its_value(kafka):
+    from transforms.kafka_io import DeadLetterProducer, KafkaSpec
+
+    dlq = f"big-{uuid.uuid4().hex[:8]}.dlq"
+    create_topic(kafka, dlq, partitions=1)
+    record = KafkaRecord("docs", 2, 17, b"big", b"x" * (3 * 1024 * 1024), 1_700_000_000_000)
+    error = ErrorRecord("decode", "InvalidMessage", "the value is too large", doc_id="big")
+    producer = DeadLetterProducer(KafkaSpec(kafka, ("docs",), "g"), dlq)
+    try:
+        producer.send(record, error)  # over kafka-python's 1 MiB request size
+        producer.flush()
+    finally:
+        producer.close()
+    (dead,) = read_topic(kafka, dlq, 1)
+    headers = dict(dead.headers)
+    assert (dead.key, dead.value) == (b"big", None)
+    assert headers["freshindex.source"] == b"kafka://docs/2@17"
+    assert b"MessageSizeTooLarge" in headers["freshindex.value_dropped"]
 
 
 def read_topic(bootstrap, topic, count, timeout=20):

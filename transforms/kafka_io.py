@@ -472,20 +472,34 @@ class DeadLetterProducer:
         self._producer = new_producer(spec)
 
     def send(self, record: KafkaRecord, error: ErrorRecord) -> None:
-        headers = [
-            *record.headers,
+        """Queue a copy of ``record``. One the producer refuses (over its request size, say)
+        is sent again without its value and original headers, marked
+        ``freshindex.value_dropped``: its coordinates in ``freshindex.source`` still find it."""
+        ours = [
             ("freshindex.error.stage", error.stage.encode()),
             ("freshindex.error.class", error.error_class.encode()),
-            ("freshindex.error.message", error.message[:1000].encode()),
+            ("freshindex.error.message", error.message[:1000].encode("utf-8", "replace")),
             ("freshindex.source", record.where.encode()),
         ]
-        self._producer.send(
-            self._topic,
-            key=record.key,
-            value=record.value,
-            headers=headers,
-            timestamp_ms=record.timestamp_ms,
-        )
+        try:
+            self._producer.send(
+                self._topic,
+                key=record.key,
+                value=record.value,
+                headers=[*record.headers, *ours],
+                timestamp_ms=record.timestamp_ms,
+            )
+        except Exception as exc:
+            log.warning(
+                "dead letter of %s refused (%s): sending it without its value", record.where, exc
+            )
+            self._producer.send(
+                self._topic,
+                key=record.key,
+                value=None,
+                headers=[*ours, ("freshindex.value_dropped", str(exc)[:200].encode())],
+                timestamp_ms=record.timestamp_ms,
+            )
 
     def flush(self, timeout_s: float = 30) -> None:
         self._producer.flush(timeout=timeout_s)

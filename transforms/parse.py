@@ -11,7 +11,7 @@ import io
 import logging
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import apache_beam as beam
 
@@ -19,6 +19,7 @@ from freshindex.config import ParsingConfig
 from freshindex.errors import CorruptDocument, DocumentError, EmptyDocument, UnsupportedFormat
 from freshindex.runtime import patch_unstructured_spacy, prepare_offline
 from schemas.records import Document, Element, ErrorRecord, SourceRef
+from transforms.source_io import read_bounded
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +150,15 @@ def parse_document(ref: SourceRef, data: bytes | None, cfg: ParsingConfig) -> Do
     )
 
 
-def read_bytes(uri: str) -> bytes:
-    from apache_beam.io.filesystems import FileSystems
+def max_file_bytes(cfg: ParsingConfig) -> int:
+    return int(cfg.max_file_mb * 1024 * 1024)
 
-    with FileSystems.open(uri, compression_type="uncompressed") as handle:
-        return handle.read()
+
+def read_bytes(uri: str, max_bytes: int, *, roots: Sequence[str] = ()) -> bytes:
+    """The bytes of a source file, read to at most ``max_bytes`` (its size is checked
+    first); raises UnsupportedFormat for a larger file or one that is not a regular file.
+    ``roots``: real local folders the opened file must lie in (``transforms.source_io``)."""
+    return read_bounded(uri, max_bytes, roots=roots)
 
 
 class _ParseFn(beam.DoFn):
@@ -166,7 +171,9 @@ class _ParseFn(beam.DoFn):
 
     def process(self, ref: SourceRef) -> Iterator[Document]:
         try:
-            data = None if ref.inline_text is not None else read_bytes(ref.source_uri)
+            data = None
+            if ref.inline_text is None:
+                data = read_bytes(ref.source_uri, max_file_bytes(self._cfg))
             doc = parse_document(ref, data, self._cfg)
         except Exception as exc:  # every failure is recorded with its document, never lost
             log.warning("parse failed for %s: %s", ref.doc_id, exc)

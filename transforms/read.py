@@ -21,6 +21,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from freshindex.errors import SourceError
 from schemas.records import ErrorRecord, SourceRef, sha256_hex
 from transforms.parse import RECORD_CONTENT_TYPE, content_type_for
+from transforms.source_io import inside_root, is_local, open_regular
 
 ERRORS_TAG = "errors"
 _GLOB_CHARS = set("*?[")
@@ -93,8 +94,22 @@ def _hidden(doc_id: str) -> bool:
 
 
 class _RefFromFile(beam.DoFn):
+    """A matched file -> SourceRef with its content hash. A local file is read only if it is
+    a regular file whose real path stays inside the source root (``transforms.source_io``):
+    a symlink out of the root or a FIFO becomes an error row, never a read or a hang."""
+
     def __init__(self, root: str):
         self._root = root
+
+    def setup(self) -> None:
+        self._real_root = os.path.realpath(self._root) if is_local(self._root) else None
+
+    def _open(self, readable: fileio.ReadableFile, doc_id: str):
+        path = readable.metadata.path
+        if self._real_root is None or not is_local(path):
+            return readable.open(compression_type=CompressionTypes.UNCOMPRESSED)
+        real = inside_root(path, self._root, doc_id=doc_id)
+        return open_regular(real, roots=(self._real_root,))
 
     def process(self, readable: fileio.ReadableFile) -> Iterator[SourceRef]:
         meta = readable.metadata
@@ -118,10 +133,10 @@ class _RefFromFile(beam.DoFn):
             return
         try:
             digest = hashlib.sha256()
-            with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            with self._open(readable, doc_id) as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
-        except Exception as exc:  # unreadable file: recorded, the run goes on
+        except Exception as exc:  # unreadable or not allowed: recorded, the run goes on
             yield beam.pvalue.TaggedOutput(
                 ERRORS_TAG,
                 ErrorRecord.from_exception("read", exc, doc_id=doc_id, source_uri=meta.path),
