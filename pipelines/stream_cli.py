@@ -159,6 +159,11 @@ def register_cli(subparsers) -> None:
         help="xlang reader: host:port of the service",
     )
     p.add_argument("--kafka-option", action="append", metavar="KEY=VALUE")
+    p.add_argument(
+        "--namespace",
+        dest="stream_namespace",
+        help="who owns what the stream writes; default kafka:<topic>",
+    )
     p.add_argument("--run-id", dest="run_id")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_stream, beam=True)
