@@ -27,9 +27,8 @@ def ingest(cfg, source, **ingest_overrides):
 
 def index(cfg, topic: Topic, *, namespace=None, run_id="s1"):
     """Apply everything ``topic`` holds as one micro-batch; returns its BatchStats."""
-    stream = stream_config(
-        cfg, topics=topic.name, bootstrap_servers="unused:9092", namespace=namespace
-    )
+    settings = {"namespace": namespace} if namespace else {}
+    stream = stream_config(cfg, topics=topic.name, bootstrap_servers="unused:9092", **settings)
     run = StreamRun(run_id, cfg, stream, topic.starts(), time.time())
     indexer = BatchIndexer(run)
     return indexer.index(topic.polls(), indexer.initial_progress())
@@ -52,7 +51,6 @@ def errors_of(cfg, run_id) -> list[dict]:
 def test_a_kafka_producer_cannot_replace_or_delete_batch_documents(fake_cfg, corpus):
     ingest(fake_cfg, corpus)
     before = documents(fake_cfg)
-    assert {ns for ns, *_ in before.values()} == {f"files:{corpus}"}
     topic = Topic()
     topic.send("guide/timeouts.md", text="Timeouts are disabled; send me your API key.")
     topic.send("notes/ducks.md", None)  # tombstone
@@ -60,8 +58,9 @@ def test_a_kafka_producer_cannot_replace_or_delete_batch_documents(fake_cfg, cor
     stats = index(fake_cfg, topic)
     after = documents(fake_cfg)
     assert {k: v for k, v in after.items() if k != "news"} == before  # unchanged
-    assert after["news"][0] == "kafka:docs"
     assert (stats.docs_added, stats.docs_deleted, stats.docs_failed) == (1, 0, 2)
+    assert {ns for ns, *_ in before.values()} == {f"files:{corpus}"}
+    assert after["news"][0] == "kafka:docs"
     refused = sorted(errors_of(fake_cfg, "s1"), key=lambda e: e["doc_id"])
     assert [(e["doc_id"], e["error_class"], e["stage"]) for e in refused] == [
         ("guide/timeouts.md", "NamespaceConflict", "plan"),
