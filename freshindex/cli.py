@@ -1,6 +1,7 @@
 """The ``freshindex`` command: one entry point, one subcommand per job.
 
-freshindex ingest SOURCE --table NAME [--db URI] [--sync full|append] [Beam options]
+freshindex ingest SOURCE --table NAME [--db URI] [--sync full|append] [--namespace NS]
+    [--allow-mass-delete] [Beam options]
 freshindex versions --table NAME
 freshindex rollback --to RUN_OR_VERSION --table NAME
 freshindex errors --table NAME [--run RUN_ID]
@@ -58,24 +59,29 @@ def _print_rows(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 def cmd_ingest(args, beam_args: list[str]) -> int:
-    from pipelines.batch import configure_logging, exit_code, format_summary, run_ingest
+    from pipelines.batch import (
+        configure_logging,
+        exit_code,
+        failure_message,
+        format_summary,
+        run_ingest,
+    )
 
     configure_logging(args.verbose)
-    cfg = config_from_args(args, **{"ingest.sync": args.sync})
-    row = run_ingest(cfg, args.source, beam_args, args.run_id)
+    cfg = config_from_args(args, **{"ingest.sync": args.sync, "ingest.namespace": args.namespace})
+    row = run_ingest(
+        cfg, args.source, beam_args, args.run_id, allow_mass_delete=args.allow_mass_delete
+    )
     if args.json:
         print(json.dumps(row, default=_json_default, indent=2))
     else:
-        print(format_summary(row))
         errors = store.read_errors(store.connect(cfg.db), run_id=row["run_id"])
+        print(format_summary(row, errors))
         if errors:
             print(f"  {len(errors)} errors recorded: freshindex errors --run {row['run_id']}")
-    if row["status"] != "succeeded":
-        print(
-            f"error: {row['docs_failed']} of {row['docs_seen']} documents failed, over "
-            f"ingest.max_failure_fraction={cfg.ingest.max_failure_fraction}",
-            file=sys.stderr,
-        )
+    message = failure_message(row, cfg)
+    if message is not None:
+        print(message, file=sys.stderr)
     return exit_code(row)
 
 
@@ -208,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(p)
     p.add_argument("--sync", choices=("full", "append"), help="default from config: full")
     p.add_argument("--run-id", dest="run_id")
+    p.add_argument(
+        "--namespace", help="who owns what this source writes; default files:<root> / jsonl:<file>"
+    )
+    p.add_argument(
+        "--allow-mass-delete",
+        action="store_true",
+        help="let a full sync delete more than ingest.max_delete_fraction of the source",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_ingest, beam=True)
 

@@ -88,18 +88,43 @@ class ParsingConfig:
             )
 
 
+def check_namespace(key: str, value: str | None) -> None:
+    """A namespace names who owns a document: printable, at most 512 characters."""
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.strip() or len(value) > 512:
+        raise ConfigError(
+            f"{key} must be a non-empty string of at most 512 characters, got {value!r}",
+            hint="leave it unset for the default (derived from the source)",
+        )
+    if not value.isprintable():
+        raise ConfigError(f"{key} must be printable text, got {value!r}")
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     sync: str = "full"
     max_failure_fraction: float = 0.25
     docs_per_batch: int = 64
     commit_max_rows: int = 100_000
+    # a sync that would delete more than this fraction of the source's documents refuses
+    # (``--allow-mass-delete`` overrides): an unmounted share or a wrong glob deletes nothing
+    max_delete_fraction: float = 0.5
+    # who owns the documents a batch run writes; None: derived from the source
+    # (files:<root> or jsonl:<file>). Sources share documents only in one namespace.
+    namespace: str | None = None
 
     def __post_init__(self) -> None:
         if self.sync not in ("full", "append"):
             raise ConfigError(f"ingest.sync must be 'full' or 'append', got {self.sync!r}")
         if not 0.0 <= self.max_failure_fraction <= 1.0:
             raise ConfigError("ingest.max_failure_fraction must be within [0, 1]")
+        if not 0.0 <= self.max_delete_fraction <= 1.0:
+            raise ConfigError(
+                "ingest.max_delete_fraction must be within [0, 1]",
+                hint="1 turns the mass-delete guard off",
+            )
+        check_namespace("ingest.namespace", self.namespace)
         if self.docs_per_batch < 1 or self.commit_max_rows < 1:
             raise ConfigError("ingest.docs_per_batch and ingest.commit_max_rows must be >= 1")
 

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -23,9 +23,11 @@ import pyarrow as pa
 from freshindex.errors import SchemaMismatch, TableError
 from schemas.records import ErrorRecord
 from schemas.tables import (
+    ADDED_CHUNK_COLUMNS,
     ERRORS_SCHEMA,
     ERRORS_TABLE,
     INDEXED_COLUMNS,
+    LEDGER_COLUMNS,
     RUNS_SCHEMA,
     RUNS_TABLE,
     STREAM_BATCHES_TABLE,
@@ -103,7 +105,13 @@ def check_model(table, model: str) -> None:
 
 
 def open_or_create_chunks(db, name: str, *, dim: int, model: str, settings: dict[str, Any]):
-    """Open the chunks table, creating it with the pinned schema; refuse a model mismatch."""
+    """Open the chunks table, creating it with the pinned schema; refuse a model mismatch.
+
+    A writer's open: a table created before a column was added to the schema
+    (``ADDED_CHUNK_COLUMNS``) gets it here, null in its old rows, as one new version. Call
+    it under ``commit_lock``. Readers never change the table; they cope with the column
+    missing (``read_ledger``).
+    """
     if name in table_names(db):
         table = db.open_table(name)
         check_model(table, model)
@@ -113,6 +121,7 @@ def open_or_create_chunks(db, name: str, *, dim: int, model: str, settings: dict
                 f"table {name!r} has vectors of width {width}, the model gives {dim}",
                 table=name,
             )
+        upgrade_chunks(table, dim)
         return table
     schema = chunks_schema(dim, model=model, settings=settings)
     try:
@@ -121,16 +130,51 @@ def open_or_create_chunks(db, name: str, *, dim: int, model: str, settings: dict
         return db.open_table(name)
 
 
-def read_ledger(table) -> dict[str, tuple[str, str, str]]:
-    """doc_id -> (content_hash, fingerprint, source_uri) of every document in the table."""
-    cols = ["doc_id", "content_hash", "fingerprint", "source_uri"]
-    rows = table.search().select(cols).limit(None).to_arrow()
-    ledger: dict[str, tuple[str, str, str]] = {}
-    for doc_id, content_hash, fingerprint, source_uri in zip(
-        *(rows[c].to_pylist() for c in cols), strict=True
+def upgrade_chunks(table, dim: int) -> list[str]:
+    """Add the columns of the pinned schema that ``table`` lacks; returns their names."""
+    pinned = chunks_schema(dim)
+    missing = [c for c in ADDED_CHUNK_COLUMNS if c not in table.schema.names]
+    for column in missing:
+        table.add_columns(pinned.field(column))
+    return missing
+
+
+class LedgerEntry(NamedTuple):
+    """What the table knows about one document: enough to skip it, and who owns it."""
+
+    content_hash: str
+    fingerprint: str
+    source_uri: str | None = None
+    namespace: str | None = None  # None: written before namespaces (docs/ARCHITECTURE.md)
+
+
+def _ledger_rows(rows: pa.Table) -> dict[str, LedgerEntry]:
+    ledger: dict[str, LedgerEntry] = {}
+    if rows.num_rows == 0:
+        return ledger
+    columns = {c: rows[c].to_pylist() for c in rows.column_names}
+    namespaces = columns.get("namespace") or [None] * rows.num_rows
+    for doc_id, content_hash, fingerprint, source_uri, namespace in zip(
+        columns["doc_id"],
+        columns["content_hash"],
+        columns["fingerprint"],
+        columns["source_uri"],
+        namespaces,
+        strict=True,
     ):
-        ledger[doc_id] = (content_hash, fingerprint, source_uri)
+        ledger[doc_id] = LedgerEntry(content_hash, fingerprint, source_uri, namespace)
     return ledger
+
+
+def _ledger_columns(table) -> list[str]:
+    # a table written before the namespace column existed has none: every entry is legacy
+    return [c for c in LEDGER_COLUMNS if c in table.schema.names]
+
+
+def read_ledger(table) -> dict[str, LedgerEntry]:
+    """doc_id -> LedgerEntry of every document in the table."""
+    rows = table.search().select(_ledger_columns(table)).limit(None).to_arrow()
+    return _ledger_rows(rows)
 
 
 def sql_string_list(values: Iterable[str]) -> str:
@@ -383,25 +427,21 @@ def remove_stale_staging(db_uri: str, table: str, max_age_s: float, now: float |
 # ------------------------------------------------------------------ the stream's bookkeeping
 
 
-def ledger_of(table, doc_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
-    """doc_id -> (content_hash, fingerprint) for those of ``doc_ids`` the table holds."""
+def ledger_of(table, doc_ids: Iterable[str]) -> dict[str, LedgerEntry]:
+    """doc_id -> LedgerEntry for those of ``doc_ids`` the table holds."""
     wanted = sorted(set(doc_ids))
-    ledger: dict[str, tuple[str, str]] = {}
+    ledger: dict[str, LedgerEntry] = {}
+    columns = _ledger_columns(table)
     for start in range(0, len(wanted), 500):
         part = wanted[start : start + 500]
         rows = (
             table.search()
             .where(f"doc_id IN ({sql_string_list(part)})")
-            .select(["doc_id", "content_hash", "fingerprint"])
+            .select(columns)
             .limit(None)
             .to_arrow()
         )
-        for doc_id, content_hash, fingerprint in zip(
-            rows["doc_id"].to_pylist(),
-            rows["content_hash"].to_pylist(),
-            rows["fingerprint"].to_pylist(),
-        ):
-            ledger[doc_id] = (content_hash, fingerprint)
+        ledger.update(_ledger_rows(rows))
     return ledger
 
 

@@ -1,6 +1,7 @@
 """Batch re-indexing: files or a JSONL corpus -> the versioned LanceDB chunks table.
 
     python -m pipelines.batch --source docs/ --table docs [--db URI] [--sync full|append] \
+        [--namespace NS] [--allow_mass_delete] \
         [--runner DirectRunner --direct_num_workers 2 --direct_running_mode multi_processing]
 
 Read -> Plan (against the table's ledger) -> Parse -> Chunk -> Embed -> Write (stage, then
@@ -14,6 +15,7 @@ import logging
 import secrets
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -22,15 +24,22 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from freshindex import store
 from freshindex.config import Config
 from freshindex.embedding import resolve_dtype
-from freshindex.errors import TooManyFailures
 from freshindex.runtime import prepare_offline
 from pipelines.options import FreshIndexOptions
+from schemas.records import ErrorRecord
 from transforms.chunk import ChunkDocuments
 from transforms.embed import Embed
 from transforms.parse import Parse
 from transforms.plan import PlanChanges, ReadLedger, TableRef
 from transforms.read import ReadSource, SourceSpec, resolve_source
-from transforms.write import RunSpec, WriteToIndex
+from transforms.write import (
+    DELETES_WITHHELD,
+    MASS_DELETE_REFUSED,
+    REFUSED_MASS_DELETE,
+    SUCCEEDED,
+    RunSpec,
+    WriteToIndex,
+)
 
 log = logging.getLogger("freshindex.batch")
 
@@ -52,12 +61,19 @@ def run_settings(cfg: Config) -> dict[str, Any]:
     }
 
 
+def _listed_but_unread(error: ErrorRecord):
+    """(doc_id, None) for a document the source listed but could not read: it is present."""
+    if error.stage == "read" and error.doc_id:
+        yield error.doc_id, None
+
+
 def build_ingest(p: beam.Pipeline, cfg: Config, source: SourceSpec, run: RunSpec):
     """Compose the batch pipeline on ``p``; returns the PCollection of the run's manifest row."""
     read = p | "Read" >> ReadSource(source)
     ledger = p | "Ledger" >> ReadLedger(run.table)
-    plan = {"refs": read.refs, "ledger": ledger} | "Plan" >> PlanChanges(
-        run.fingerprint, run.sync, source.owner_prefix
+    failed = read.errors | "ListedButUnread" >> beam.FlatMap(_listed_but_unread)
+    plan = {"refs": read.refs, "ledger": ledger, "failed": failed} | "Plan" >> PlanChanges(
+        run.fingerprint, run.sync, source.namespace, source.owns
     )
     parsed = plan.process | "Parse" >> Parse(cfg.parsing)
     chunked = parsed.docs | "Chunk" >> ChunkDocuments(cfg.chunking, cfg.embedding)
@@ -93,11 +109,20 @@ def current_version(db_uri: str, table: str, model: str) -> int | None:
 
 
 def run_ingest(
-    cfg: Config, source: str, beam_args: list[str] | None = None, run_id: str | None = None
+    cfg: Config,
+    source: str,
+    beam_args: list[str] | None = None,
+    run_id: str | None = None,
+    *,
+    allow_mass_delete: bool = False,
 ) -> dict[str, Any]:
-    """Run one batch ingest to completion and return its manifest row (see ``runs`` table)."""
+    """Run one batch ingest to completion and return its manifest row (see ``runs`` table).
+
+    ``allow_mass_delete`` lets a ``sync: full`` run delete more than
+    ``ingest.max_delete_fraction`` of the source's documents.
+    """
     prepare_offline()
-    spec = resolve_source(source)
+    spec = resolve_source(source, cfg.ingest.namespace)
     version = current_version(cfg.db, cfg.table, cfg.embedding.model)
     run = RunSpec(
         run_id=run_id or new_run_id(),
@@ -112,15 +137,20 @@ def run_ingest(
         max_failure_fraction=cfg.ingest.max_failure_fraction,
         commit_max_rows=cfg.ingest.commit_max_rows,
         maintenance=cfg.maintenance if cfg.maintenance.after_batch else None,
+        namespace=spec.namespace,
+        owns=spec.owns,
+        max_delete_fraction=cfg.ingest.max_delete_fraction,
+        allow_mass_delete=allow_mass_delete,
     )
     log.info(
-        "run %s: %s -> %s/%s (starting from version %s, sync=%s)",
+        "run %s: %s -> %s/%s (starting from version %s, sync=%s, namespace %s)",
         run.run_id,
         source,
         cfg.db,
         cfg.table,
         version if version is not None else "none: new table",
         cfg.ingest.sync,
+        spec.namespace,
     )
     options = PipelineOptions(beam_args or [])
     pipeline = beam.Pipeline(options=options)
@@ -134,7 +164,8 @@ def run_ingest(
     return rows[0]
 
 
-def format_summary(row: dict[str, Any]) -> str:
+def format_summary(row: dict[str, Any], errors: Sequence[dict[str, Any]] = ()) -> str:
+    """The run's summary; ``errors`` (its errors rows) add why deletes were withheld."""
     elapsed = (row["finished_at"] - row["started_at"]).total_seconds()
     rate = row["chunks_embedded"] / elapsed if elapsed > 0 else 0.0
     return (
@@ -145,7 +176,28 @@ def format_summary(row: dict[str, Any]) -> str:
         f"{row['docs_deleted']} deleted, {row['docs_failed']} failed\n"
         f"  chunks: {row['chunks_embedded']} embedded, {row['chunks_reused']} reused, "
         f"{row['chunks_written']} written; {rate:.1f} chunks/s embedded"
+    ) + "".join(
+        f"\n  {e['error_class']}: {e['message']}"
+        for e in errors
+        if e["error_class"] in (DELETES_WITHHELD, MASS_DELETE_REFUSED)
     )
+
+
+def failure_message(row: dict[str, Any], cfg: Config) -> str | None:
+    """What went wrong with a run that did not succeed (None when it did), for stderr."""
+    if row["status"] == REFUSED_MASS_DELETE:
+        return (
+            "error: refused a mass delete: more than ingest.max_delete_fraction="
+            f"{cfg.ingest.max_delete_fraction} of the source's documents are missing from it, "
+            "so nothing was deleted (new and changed documents were written). Re-run with "
+            "--allow-mass-delete if the source really lost them"
+        )
+    if row["status"] != SUCCEEDED:
+        return (
+            f"error: {row['docs_failed']} of {row['docs_seen']} documents failed, over "
+            f"ingest.max_failure_fraction={cfg.ingest.max_failure_fraction}; nothing was deleted"
+        )
+    return None
 
 
 def configure_logging(verbose: bool = False) -> None:
@@ -160,7 +212,8 @@ def configure_logging(verbose: bool = False) -> None:
 
 
 def exit_code(row: dict[str, Any]) -> int:
-    return 0 if row["status"] == "succeeded" else 3
+    """0: succeeded; 3: too many documents failed; 4: a mass delete was refused."""
+    return {SUCCEEDED: 0, REFUSED_MASS_DELETE: 4}.get(row["status"], 3)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,10 +223,17 @@ def main(argv: list[str] | None = None) -> int:
     if not opts.source:
         raise SystemExit("--source is required")
     cfg = opts.to_config()
-    row = run_ingest(cfg, opts.source, argv if argv is not None else sys.argv[1:], opts.run_id)
-    print(format_summary(row))
-    if row["status"] != "succeeded":
-        print(str(TooManyFailures(f"{row['docs_failed']} documents failed")), file=sys.stderr)
+    row = run_ingest(
+        cfg,
+        opts.source,
+        argv if argv is not None else sys.argv[1:],
+        opts.run_id,
+        allow_mass_delete=bool(opts.allow_mass_delete),
+    )
+    print(format_summary(row, store.read_errors(store.connect(cfg.db), run_id=row["run_id"])))
+    message = failure_message(row, cfg)
+    if message is not None:
+        print(message, file=sys.stderr)
     return exit_code(row)
 
 

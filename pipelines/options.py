@@ -28,6 +28,15 @@ class FreshIndexOptions(PipelineOptions):
         parser.add_argument("--chunk_overlap_tokens", type=int, default=None)
         parser.add_argument("--max_failure_fraction", type=float, default=None)
         parser.add_argument("--run_id", default=None, help="defaults to a UTC timestamp")
+        parser.add_argument(
+            "--namespace", default=None, help="batch: the namespace that owns what it writes"
+        )
+        parser.add_argument(
+            "--allow_mass_delete",
+            action="store_true",
+            default=False,
+            help="batch: let a full sync delete more than ingest.max_delete_fraction",
+        )
 
     def to_config(self) -> Config:
         """The typed config: defaults, the --config file, environment, then these flags."""
@@ -43,6 +52,7 @@ class FreshIndexOptions(PipelineOptions):
                 "chunking.overlap_tokens": o.get("chunk_overlap_tokens"),
                 "ingest.max_failure_fraction": o.get("max_failure_fraction"),
                 "ingest.sync": o.get("sync"),
+                "ingest.namespace": o.get("namespace"),
             },
         )
 
@@ -101,4 +111,9 @@ class StreamOptions(PipelineOptions):
             default=None,
             help="absolute folder or bucket prefix (s3://bucket/docs/) uri messages may name "
             "(repeatable; replaces stream.allowed_uri_prefixes)",
+        )
+        parser.add_argument(
+            "--stream_namespace",
+            default=None,
+            help="who owns what the stream writes; default kafka:<topic>",
         )

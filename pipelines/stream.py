@@ -48,7 +48,7 @@ from apache_beam.transforms import userstate
 from apache_beam.utils.timestamp import Timestamp
 
 from freshindex import store
-from freshindex.config import Config, normalize_uri_prefix
+from freshindex.config import Config, check_namespace, normalize_uri_prefix
 from freshindex.errors import ConfigError, UnsupportedFormat
 from freshindex.runtime import prepare_offline
 from pipelines.batch import configure_logging, current_version, new_run_id, run_settings
@@ -84,7 +84,17 @@ from transforms.parse import (
     parse_document,
     read_bytes,
 )
-from transforms.plan import PROCESS, SKIPPED, UPDATED, TableRef, decide
+from transforms.plan import (
+    ERRORS,
+    PROCESS,
+    SKIPPED,
+    UPDATED,
+    TableRef,
+    decide,
+    may_write,
+    namespace_conflict,
+    with_source,
+)
 from transforms.read import ref_from_record
 from transforms.source_io import SourceNotAllowed, resolve_allowed
 from transforms.write import commit_changes, rows_for
@@ -117,6 +127,9 @@ class StreamConfig:
     # (``stream:`` in the config file; normalized like ``freshindex.config.StreamingConfig``)
     allow_uri_messages: bool = False
     allowed_uri_prefixes: tuple[str, ...] = ()
+    # who owns the documents the stream writes; None: kafka:<topic> per message. Only a
+    # namespace shared with a batch source lets the stream replace or delete its documents.
+    namespace: str | None = None
 
     def __post_init__(self) -> None:
         prefixes = tuple(normalize_uri_prefix(p) for p in self.allowed_uri_prefixes)
@@ -141,6 +154,7 @@ class StreamConfig:
             )
         if self.dead_letter_topic and self.dead_letter_topic in self.kafka.topics:
             raise ConfigError("the dead-letter topic must not be one of the topics read")
+        check_namespace("stream.namespace", self.namespace)
 
 
 def stream_config(
@@ -198,6 +212,7 @@ def stream_config_from_flags(cfg: Config, flags: Any) -> StreamConfig:
         expansion_service=flags.kafka_expansion_service,
         allow_uri_messages=flags.allow_uri_messages or None,
         allowed_uri_prefixes=flags.allowed_uri_prefix,
+        namespace=getattr(flags, "stream_namespace", None),
     )
 
 
@@ -338,6 +353,20 @@ def _crash_point(point: str, batch_seq: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _legacy_owner(msg: DocumentMessage):
+    """Whether a document stored before namespaces existed may be taken by ``msg``: it came
+    from the message's topic (or, for an upsert by ``uri``, from the same file)."""
+    topic_uri = f"kafka://{msg.record.topic}#"
+
+    def owns(source_uri: str | None) -> bool:
+        if not source_uri:
+            return False
+        same_file = msg.op != DELETE and msg.uri is not None and source_uri == msg.uri
+        return source_uri.startswith(topic_uri) or same_file
+
+    return owns
+
+
 class BatchIndexer:
     """Applies micro-batches to the table: everything between a batch of Kafka records and
     its committed offsets. One per worker; ``kafka`` and ``dead_letters`` may be None
@@ -442,6 +471,8 @@ class BatchIndexer:
         """(Arrow rows, the documents they hold): a document whose rows cannot be built is an
         error of its message, and the others are written."""
 
+        namespaces = {msg.doc_id: self._namespace(msg) for msg, _ in embedded}
+
         def rows(docs):
             return rows_for(
                 docs,
@@ -449,6 +480,7 @@ class BatchIndexer:
                 model=self._cfg.embedding.model,
                 run_id=self._run.run_id,
                 dim=self._embedder.dim,
+                namespace=namespaces,
             )
 
         docs = [d for _, d in embedded]
@@ -489,14 +521,28 @@ class BatchIndexer:
                 errors.append((record, self._error("decode", exc, record, key)))
         return messages
 
+    def _namespace(self, msg: DocumentMessage) -> str:
+        """The namespace a message writes: ``stream.namespace``, else ``kafka:<topic>``."""
+        return self._run.stream.namespace or f"kafka:{msg.record.topic}"
+
     def _plan(self, latest: list[DocumentMessage], table, stats: BatchStats, errors):
         """(deletes, updated doc ids, [(message, SourceRef, bytes)] to process), decided
-        against the table's ledger like a batch run plans (``transforms.plan.decide``)."""
+        against the table's ledger like a batch run plans (``transforms.plan.decide``).
+        An upsert or delete of a document another namespace owns is refused (an errors
+        row), before the message's content is read."""
         ledger = store.ledger_of(table, [m.doc_id for m in latest]) if table is not None else {}
         deletes, updated, to_process = [], set(), []
         for msg in latest:
+            namespace = self._namespace(msg)
+            owns = _legacy_owner(msg)
+            entry = ledger.get(msg.doc_id)
+            if entry is not None and not may_write(entry, namespace, owns):
+                action = "delete" if msg.op == DELETE else "replace"
+                refused = namespace_conflict(msg.doc_id, entry, namespace, action, None)
+                errors.append((msg.record, self._located(refused, msg.record)))
+                continue
             if msg.op == DELETE:
-                if msg.doc_id in ledger:
+                if entry is not None:
                     deletes.append(msg.doc_id)
                 else:
                     stats.docs_skipped += 1  # nothing to delete
@@ -506,15 +552,29 @@ class BatchIndexer:
             except Exception as exc:  # recorded with the message, never lost
                 errors.append((msg.record, self._error("read", exc, msg.record, msg.doc_id)))
                 continue
-            known = [ledger[msg.doc_id]] if msg.doc_id in ledger else []
-            for tag, _ in decide(msg.doc_id, [ref], known, self._fingerprint, "append"):
+            known = [entry] if entry is not None else []
+            plan = decide(
+                msg.doc_id, [ref], known, self._fingerprint, "append", owns, namespace=namespace
+            )
+            for tag, value in plan:
                 if tag == SKIPPED:
                     stats.docs_skipped += 1
                 elif tag == UPDATED:
                     updated.add(msg.doc_id)
                 elif tag == PROCESS:
                     to_process.append((msg, ref, data))
+                elif tag == ERRORS:
+                    errors.append((msg.record, self._located(value, msg.record)))
         return deletes, updated, to_process
+
+    def _located(self, error: ErrorRecord, record: KafkaRecord) -> ErrorRecord:
+        return with_source(
+            error,
+            source_uri=error.source_uri or record.where,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
 
     def _parse_and_chunk(self, to_process, errors):
         chunked = []

@@ -179,6 +179,11 @@ def register_cli(subparsers) -> None:
         metavar="PREFIX",
         help="absolute folder or bucket prefix uri messages may name (repeatable)",
     )
+    p.add_argument(
+        "--namespace",
+        dest="stream_namespace",
+        help="who owns what the stream writes; default kafka:<topic>",
+    )
     p.add_argument("--run-id", dest="run_id")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_stream, beam=True)

@@ -15,8 +15,12 @@ import pyarrow as pa
 SCHEMA_VERSION = "1"
 META_PREFIX = "freshindex."
 
-# The table's ledger columns: what a re-run compares to decide what to skip.
-LEDGER_COLUMNS = ("doc_id", "content_hash", "fingerprint")
+# The table's ledger columns: what a re-run compares to decide what to skip, and who owns
+# each document (``namespace``; where it came from, ``source_uri``).
+LEDGER_COLUMNS = ("doc_id", "content_hash", "fingerprint", "source_uri", "namespace")
+# Columns added to the chunks schema after tables were first written: a writer opening an
+# older table adds them (null in the old rows) before its first commit.
+ADDED_CHUNK_COLUMNS = ("namespace",)
 # Columns with a scalar index, so merges and lookups do not scan the table.
 INDEXED_COLUMNS = ("chunk_id", "doc_id", "text_hash")
 
@@ -52,6 +56,9 @@ def chunks_schema(vector_dim: int, *, model: str = "", settings: dict[str, Any] 
             pa.field("metadata", pa.string()),  # JSON object: source metadata for filters
             pa.field("run_id", pa.string()),
             pa.field("indexed_at", _TS),
+            # the source that owns the document (docs/ARCHITECTURE.md, Ownership); null in
+            # rows written before namespaces existed
+            pa.field("namespace", pa.string()),
         ],
         metadata=metadata,
     )
@@ -92,7 +99,9 @@ RUNS_SCHEMA = pa.schema(
         pa.field("table_name", pa.string(), nullable=False),
         pa.field("source", pa.string()),
         pa.field("settings", pa.string()),  # JSON
-        pa.field("status", pa.string(), nullable=False),  # succeeded | failed_threshold
+        pa.field(
+            "status", pa.string(), nullable=False
+        ),  # succeeded | failed_threshold | refused_mass_delete
         pa.field("started_at", _TS),
         pa.field("finished_at", _TS),
         pa.field("docs_seen", pa.int64()),

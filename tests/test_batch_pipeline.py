@@ -235,7 +235,8 @@ def test_sigkill_mid_run_then_rerun_equals_one_clean_run(fake_cfg, tmp_path):
     corpus = write_corpus(tmp_path / "big", many_docs(60))
     clean_cfg = dataclasses.replace(fake_cfg, db=str(tmp_path / "clean"))
     ingest(clean_cfg, corpus)
-    ingest(fake_cfg, write_corpus(tmp_path / "old", {"d000.md": "# Old\n\nold text"}))
+    old = write_corpus(tmp_path / "old", {"d000.md": "# Old\n\nold text"})
+    ingest(fake_cfg, old, namespace=f"files:{corpus}")  # the same document, replaced below
     cfg_file = write_cfg_file(fake_cfg, tmp_path / "cfg.yaml", docs_per_batch=4)
     proc = cli_ingest(cfg_file, corpus, start_new_session=True)
     staging = Path(fake_cfg.db) / "_staging" / "docs"

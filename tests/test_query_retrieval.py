@@ -209,7 +209,8 @@ def history(tmp_path_factory):
     # no upkeep after this run: its rows stay outside the FTS index (upkeep would fold them in)
     append = dataclasses.replace(
         cfg,
-        ingest=dataclasses.replace(cfg.ingest, sync="append"),
+        # the edited copy replaces the fixture corpus's documents: the same namespace
+        ingest=dataclasses.replace(cfg.ingest, sync="append", namespace=f"files:{corpus}"),
         maintenance=dataclasses.replace(cfg.maintenance, after_batch=False),
     )
     latest = run_ingest(append, str(edited), [])

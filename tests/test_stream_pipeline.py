@@ -408,16 +408,18 @@ def test_batch_runs_and_the_stream_interleave_on_one_table(
         r["text"] for r in rows if r["doc_id"] == "notes/ducks.md"
     )
 
-    # the stream replaces a document the batch run wrote; the next full-sync batch run puts
-    # the file's version back and leaves the stream's own documents alone
+    # the stream cannot replace a document the batch run wrote (it is the folder's
+    # namespace, not the topic's): the message becomes an errors row, the file's version
+    # stays, and the next full-sync batch run leaves the stream's own documents alone
     publish(kafka, topic, [encode_message("guide/auth.md", text="Auth, from the stream.")])
-    catch_up(fake_cfg, kafka, topic)
+    row = catch_up(fake_cfg, kafka, topic)
     auth = [r for r in table_rows(fake_cfg.db) if r["doc_id"] == "guide/auth.md"]
-    assert [r["text"] for r in auth] == ["Auth, from the stream."]
+    assert "Basic authentication" in " ".join(r["text"] for r in auth)
+    refused = store.read_errors(store.connect(fake_cfg.db), run_id=row["run_id"])
+    assert [(e["doc_id"], e["error_class"]) for e in refused] == [
+        ("guide/auth.md", "NamespaceConflict")
+    ]
     again = run_ingest(fake_cfg, str(corpus), [])
-    assert (again["docs_updated"], again["docs_deleted"]) == (1, 0)
+    assert (again["docs_updated"], again["docs_deleted"]) == (0, 0)
     final = table_rows(fake_cfg.db)
     assert {r["doc_id"] for r in final} == set(DOCS) | streamed
-    assert "Basic authentication" in " ".join(
-        r["text"] for r in final if r["doc_id"] == "guide/auth.md"
-    )

@@ -7,16 +7,18 @@ records, so benchmark corpora ingest through the same pipeline.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import posixpath
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import CompressionTypes, FileSystem
 
 from freshindex.errors import SourceError
 from schemas.records import ErrorRecord, SourceRef, sha256_hex
@@ -28,28 +30,65 @@ _GLOB_CHARS = set("*?[")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson")
 
 
+@functools.lru_cache(maxsize=64)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    # Beam's own translation, so ownership and ``fileio.MatchFiles`` agree on every path:
+    # ``*`` stays inside one folder, ``**`` crosses folders, ``?`` and ``[..]`` as fnmatch
+    if pattern.endswith("/"):
+        pattern += "*"  # as FileSystem.match does
+    return re.compile(FileSystem.translate_pattern(pattern))
+
+
+def pattern_matches(pattern: str, path: str | None) -> bool:
+    """Whether ``path`` (a local path or a URI) is one that matching ``pattern`` can list.
+
+    >>> pattern_matches("/data/dir/*.txt", "/data/dir/guide/a.txt")
+    False
+    """
+    return bool(path) and _glob_regex(pattern).match(path) is not None
+
+
 @dataclass(frozen=True)
 class SourceSpec:
-    """A resolved source: what to match, and the root that doc ids are relative to."""
+    """A resolved source: what to match, the root that doc ids are relative to, and what
+    it owns.
+
+    A source owns exactly the documents its pattern can produce (``owns``): a sync deletes
+    nothing else. Its ``namespace`` (default ``files:<root>`` or ``jsonl:<file>``) is the
+    set of documents it may write: sources with the same root agree on what each doc id
+    means (the path relative to that root), so a folder and a narrower glob of it share one
+    namespace, while another folder with the same relative paths does not.
+    """
 
     raw: str
     kind: str  # "files" | "jsonl"
     pattern: str
     root: str
+    namespace_override: str | None = None
 
     @property
-    def owner_prefix(self) -> str:
-        """Documents whose source_uri starts with this came from this source."""
+    def namespace(self) -> str:
+        if self.namespace_override:
+            return self.namespace_override
         if self.kind == "jsonl":
-            return self.raw + "#"
-        if self.pattern == self.raw and not (_GLOB_CHARS & set(self.raw)):
-            return self.raw  # a single file
-        return self.root.rstrip("/") + "/"
+            return f"jsonl:{self.raw}"
+        return f"files:{self.root.rstrip('/') or '/'}"
+
+    def owns(self, source_uri: str | None) -> bool:
+        """Whether a stored document with this source_uri came from what this source reads."""
+        if not source_uri:
+            return False
+        if self.kind == "jsonl":
+            # a record's URI is "<file>#<record id>"; a JSONL glob matches the file part
+            path, sep, _ = source_uri.rpartition("#")
+            return bool(sep) and (path == self.raw or pattern_matches(self.pattern, path))
+        return pattern_matches(self.pattern, source_uri)
 
 
-def resolve_source(source: str) -> SourceSpec:
+def resolve_source(source: str, namespace: str | None = None) -> SourceSpec:
     """Decide how to read ``source``; local sources are checked here, where the user gave them,
-    and made absolute so document URIs do not depend on the working directory.
+    and made absolute so document URIs do not depend on the working directory. ``namespace``
+    overrides the default one (``SourceSpec.namespace``).
 
     >>> resolve_source("samples/corpus").kind
     'files'
@@ -60,7 +99,7 @@ def resolve_source(source: str) -> SourceSpec:
     if source.endswith(JSONL_SUFFIXES):
         if local and not os.path.isfile(source):
             raise SourceError(f"JSONL source {source} does not exist")
-        return SourceSpec(source, "jsonl", source, posixpath.dirname(source))
+        return SourceSpec(source, "jsonl", source, posixpath.dirname(source), namespace)
     parts = source.split("/")
     if any(_GLOB_CHARS & set(p) for p in parts):
         fixed = []
@@ -68,16 +107,16 @@ def resolve_source(source: str) -> SourceSpec:
             if _GLOB_CHARS & set(p):
                 break
             fixed.append(p)
-        return SourceSpec(source, "files", source, "/".join(fixed) or "/")
+        return SourceSpec(source, "files", source, "/".join(fixed) or "/", namespace)
     if local:
         if not os.path.exists(source):
             raise SourceError(
                 f"source {source} does not exist", hint="give a folder, a glob or a .jsonl file"
             )
         if os.path.isfile(source):
-            return SourceSpec(source, "files", source, os.path.dirname(source))
+            return SourceSpec(source, "files", source, os.path.dirname(source), namespace)
     root = source.rstrip("/")
-    return SourceSpec(source, "files", root + "/**", root)
+    return SourceSpec(source, "files", root + "/**", root, namespace)
 
 
 def doc_id_for(path: str, root: str) -> str:

@@ -11,6 +11,12 @@ Two steps, so parallel workers never race on the table:
    never both and never none. The final version is tagged ``run-<run id>`` and the run's
    manifest row and errors are recorded.
 
+Deletes are decided before the first commit and only when it is safe: a run with more
+failures than ``max_failure_fraction`` deletes nothing, and a run that would delete more
+than ``max_delete_fraction`` of its source's documents refuses to, unless the operator
+allowed it (``--allow-mass-delete``). Under the commit lock, documents that another
+namespace took since the plan was made are dropped from the commit (``NamespaceConflict``).
+
 A run that dies before the commit leaves the table as it was; the next run redoes the work.
 """
 
@@ -23,26 +29,35 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from freshindex import store
 from freshindex.config import MaintenanceConfig
 from schemas.records import EmbeddedDocument, ErrorRecord
 from schemas.tables import chunks_schema
-from transforms.plan import TableRef
+from transforms.plan import Owns, TableRef, may_write, namespace_conflict
 
 log = logging.getLogger(__name__)
 
 # Fault injection for the crash tests: the process dies right after commit N of a run,
 # as a SIGKILL would leave it (no cleanup, no manifest).
 FAULT_CRASH_AFTER_COMMIT = "FRESHINDEX_FAULT_CRASH_AFTER_COMMIT"
+
+# Run statuses (``runs.status``) and the errors rows that explain withheld deletes.
+SUCCEEDED, FAILED_THRESHOLD, REFUSED_MASS_DELETE = (
+    "succeeded",
+    "failed_threshold",
+    "refused_mass_delete",
+)
+DELETES_WITHHELD, MASS_DELETE_REFUSED = "DeletesWithheld", "MassDeleteRefused"
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,10 @@ class RunSpec:
     max_failure_fraction: float
     commit_max_rows: int
     maintenance: MaintenanceConfig | None = None  # upkeep after the commit; None: skip
+    namespace: str | None = None  # the namespace the run writes; None: no ownership checks
+    owns: Owns | None = None  # which stored source URIs the source's pattern can produce
+    max_delete_fraction: float = 1.0  # refuse to delete more of the source's documents
+    allow_mass_delete: bool = False  # the operator's override of max_delete_fraction
 
     @property
     def staging_uri(self) -> str:
@@ -91,15 +110,25 @@ def _ts(epoch: float | None) -> dt.datetime | None:
 
 
 def rows_for(
-    docs: Sequence[EmbeddedDocument], *, fingerprint: str, model: str, run_id: str, dim: int
+    docs: Sequence[EmbeddedDocument],
+    *,
+    fingerprint: str,
+    model: str,
+    run_id: str,
+    dim: int,
+    namespace: str | Mapping[str, str] | None = None,
 ) -> pa.Table:
-    """Arrow rows of the chunks table for ``docs`` (the pinned schema, vectors float32)."""
+    """Arrow rows of the chunks table for ``docs`` (the pinned schema, vectors float32).
+
+    ``namespace``: the owning namespace of every document, or doc_id -> namespace.
+    """
     now = store.utcnow()
     cols: dict[str, list] = {name: [] for name in chunks_schema(dim).names}
     vectors = []
     for d in docs:
         doc = d.document
         meta = json.dumps(doc.metadata, sort_keys=True, default=str) if doc.metadata else None
+        owner = namespace.get(doc.doc_id) if isinstance(namespace, Mapping) else namespace
         for chunk in d.chunks:
             cols["chunk_id"].append(chunk.chunk_id)
             cols["doc_id"].append(doc.doc_id)
@@ -119,6 +148,7 @@ def rows_for(
             cols["metadata"].append(meta)
             cols["run_id"].append(run_id)
             cols["indexed_at"].append(now)
+            cols["namespace"].append(owner)
         vectors.append(np.asarray(d.vectors, dtype=np.float32).reshape(len(d.chunks), dim))
     flat = np.concatenate(vectors).reshape(-1) if vectors else np.zeros(0, np.float32)
     schema = chunks_schema(dim)
@@ -208,6 +238,7 @@ class _StageFn(beam.DoFn):
             model=self._spec.model,
             run_id=self._spec.run_id,
             dim=dim,
+            namespace=self._spec.namespace,
         )
         path = stage_rows(table, self._spec.staging_uri)
         yield StagedBatch(
@@ -231,6 +262,72 @@ def _vector_dim(spec: RunSpec, staged: Sequence[StagedBatch], db) -> int:
     from freshindex.embedding import get_embedder
 
     return get_embedder(EmbeddingConfig(model=spec.model)).dim
+
+
+def _failed_ids(errors: Iterable[ErrorRecord]) -> set[str]:
+    return {e.doc_id or f"{e.source_uri}:{e.message}" for e in errors}
+
+
+def failure_status(spec: RunSpec, errors: Sequence[ErrorRecord], docs_seen: int) -> str:
+    """``succeeded`` or ``failed_threshold``: more documents failed than the run allows."""
+    total = max(docs_seen + sum(1 for e in errors if e.stage == "read"), 1)
+    over = len(_failed_ids(errors)) / total > spec.max_failure_fraction
+    return FAILED_THRESHOLD if over else SUCCEEDED
+
+
+def guard_deletes(
+    spec: RunSpec,
+    deleted: list[str],
+    errors: Sequence[ErrorRecord],
+    *,
+    docs_seen: int,
+) -> tuple[list[str], str, list[ErrorRecord]]:
+    """(deletes to commit, run status, notices): decided before the first commit.
+
+    A run over ``max_failure_fraction`` deletes nothing (its view of the source is not
+    trusted); one that would delete more than ``max_delete_fraction`` of the source's
+    documents (those it still lists, readable or not, plus those it would delete) refuses
+    unless ``allow_mass_delete``. Notices are errors rows that say what was withheld and why.
+    """
+    status = failure_status(spec, errors, docs_seen)
+    if not deleted:
+        return deleted, status, []
+    if status == FAILED_THRESHOLD:
+        notice = ErrorRecord(
+            stage="commit",
+            error_class=DELETES_WITHHELD,
+            message=f"nothing was deleted: {len(_failed_ids(errors))} documents failed, over "
+            f"ingest.max_failure_fraction={spec.max_failure_fraction}, so the "
+            f"{len(deleted)} documents missing from the source were kept; fix the failures "
+            "(freshindex errors --run latest) and re-run",
+            source_uri=spec.source,
+        )
+        return [], status, [notice]
+    owned = len(deleted) + docs_seen + sum(1 for e in errors if e.stage == "read" and e.doc_id)
+    if len(deleted) / owned > spec.max_delete_fraction and not spec.allow_mass_delete:
+        notice = ErrorRecord(
+            stage="commit",
+            error_class=MASS_DELETE_REFUSED,
+            message=f"refused to delete {len(deleted)} of the source's {owned} documents in "
+            f"the table (over ingest.max_delete_fraction={spec.max_delete_fraction}); "
+            "nothing was deleted. If the source really lost them, re-run with "
+            "--allow-mass-delete (or raise ingest.max_delete_fraction); if not, check the "
+            "source (an unmounted share, a wrong path or glob)",
+            source_uri=spec.source,
+        )
+        return [], REFUSED_MASS_DELETE, [notice]
+    return deleted, status, []
+
+
+def foreign_documents(
+    table, doc_ids: Iterable[str], namespace: str | None, owns: Owns | None
+) -> dict[str, store.LedgerEntry]:
+    """Those of ``doc_ids`` the table now holds under another namespace (read at commit time,
+    under the commit lock: another writer may have taken one since the plan was made)."""
+    if namespace is None:
+        return {}
+    entries = store.ledger_of(table, doc_ids)
+    return {d: e for d, e in entries.items() if not may_write(e, namespace, owns)}
 
 
 def commit_run(
@@ -258,6 +355,7 @@ def commit_run(
         )
         deleted = []
     updated_set = set(updated)
+    deleted, status, notices = guard_deletes(spec, deleted, errors, docs_seen=docs_seen)
     result = CommitResult()
     with store.commit_lock(spec.table.db_uri, spec.table.table):
         table = store.open_or_create_chunks(
@@ -267,10 +365,22 @@ def commit_run(
             model=spec.model,
             settings=spec.settings,
         )
+        foreign: dict[str, store.LedgerEntry] = {}
+        if table.version != spec.table.version and table.count_rows():
+            # written since the plan (by a stream, another run): check ownership again
+            staged_ids = {d for b in staged for d in b.doc_ids}
+            foreign = foreign_documents(table, staged_ids | set(deleted), spec.namespace, spec.owns)
+            for doc_id, entry in sorted(foreign.items()):
+                action = "delete" if doc_id in deleted else "replace"
+                errors.append(namespace_conflict(doc_id, entry, spec.namespace, action, None))
+            deleted = [d for d in deleted if d not in foreign]
         groups = group_for_commits(staged, spec.commit_max_rows)
         for i, group in enumerate(groups):
             data = read_staged(b.path for b in group)
-            docs_here = {d for b in group for d in b.doc_ids}
+            docs_here = {d for b in group for d in b.doc_ids} - foreign.keys()
+            if foreign:
+                keep = pc.invert(pc.is_in(data["doc_id"], value_set=pa.array(sorted(foreign))))
+                data = data.filter(keep)
             last = i == len(groups) - 1
             version = commit_changes(
                 table,
@@ -293,11 +403,8 @@ def commit_run(
         final_version = table.version
         tag = store.RUN_TAG_PREFIX + spec.run_id
         store.tag_version(table, tag, final_version)
-    failed_ids = {e.doc_id or f"{e.source_uri}:{e.message}" for e in errors}
-    total = max(docs_seen + sum(1 for e in errors if e.stage == "read"), 1)
-    status = "succeeded"
-    if len(failed_ids) / total > spec.max_failure_fraction:
-        status = "failed_threshold"
+    if status == SUCCEEDED:  # conflicts found under the lock count as failures too
+        status = failure_status(spec, errors, docs_seen)
     row = {
         "run_id": spec.run_id,
         "kind": spec.kind,
@@ -312,13 +419,14 @@ def commit_run(
         "docs_added": len(result.docs_written - updated_set),
         "docs_updated": len(result.docs_written & updated_set),
         "docs_deleted": result.docs_deleted,
-        "docs_failed": len(failed_ids),
+        "docs_failed": len(_failed_ids(errors)),
         "chunks_embedded": sum(b.embedded for b in staged),
         "chunks_reused": sum(b.reused for b in staged),
         "chunks_written": result.rows,
         "table_version": final_version,
         "tag": tag,
     }
+    errors.extend(notices)
     if spec.maintenance is not None and (result.rows or result.docs_deleted):
         try:
             from freshindex.maintain import maintain
