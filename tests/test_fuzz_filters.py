@@ -155,7 +155,7 @@ def test_out_of_range_numbers_are_refused_not_overflowed():
         "metadata.n > NaN",
         "modified_at > 0001-01-01T00:00:00+05:00",
     ):
-        with pytest.raises(FilterError, match="range|finite"):
+        with pytest.raises(FilterError, match=r"range|finite"):
             parse_filter(spec)
     assert parse_filter("page_number <= 2147483647").value == 2**31 - 1
 
