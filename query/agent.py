@@ -36,6 +36,7 @@ from query.gateway import ModelGateway
 from query.retrieval import PinnedTable, retrieve
 from query.types import (
     MODES,
+    SCAN_CAPPED_WARNING,
     AgentResult,
     ChatRequest,
     ChatResponse,
@@ -289,7 +290,8 @@ class Toolbox:
 
     def tool_list_sources(self, filters=None, limit: int = 100):
         docs: dict[str, dict[str, Any]] = {}
-        for r in self.pinned.rows_where(parse_filters(filters)):
+        rows = self.pinned.rows_where(parse_filters(filters))
+        for r in rows:
             entry = docs.setdefault(
                 r["doc_id"],
                 {
@@ -301,17 +303,27 @@ class Toolbox:
                 },
             )
             entry["chunks"] += 1
-        return list(docs.values())[: max(1, int(limit))]
+        return _noting_cap(list(docs.values())[: max(1, int(limit))], rows)
 
     def tool_filter_metadata(self, filters, limit: int = 20):
         rows = self.pinned.rows_where(parse_filters(filters), limit=max(1, min(int(limit), 100)))
-        return [
-            {"doc_id": r["doc_id"], "chunk_id": r["chunk_id"], "text": r["text"][:300]}
-            for r in rows
-        ]
+        return _noting_cap(
+            [
+                {"doc_id": r["doc_id"], "chunk_id": r["chunk_id"], "text": r["text"][:300]}
+                for r in rows
+            ],
+            rows,
+        )
 
     def tool_calculate(self, expression: str):
         return {"expression": expression, "result": calculate(str(expression))}
+
+
+def _noting_cap(items: list, rows) -> list:
+    """A listing read from a capped scan ends with a note the model can read."""
+    if getattr(rows, "scan_capped", False):
+        return [*items, {"warning": SCAN_CAPPED_WARNING}]
+    return items
 
 
 def _size(result: Any) -> int:
@@ -374,6 +386,7 @@ class Agent:
     def __init__(self, qcfg: QueryConfig, gateway: ModelGateway):
         self.qcfg = qcfg
         self.gateway = gateway
+        self._deadline: float | None = None  # set per run
 
     def run(
         self,
@@ -387,9 +400,12 @@ class Agent:
         filters=None,
         ledger: Ledger | None = None,
         store_trace: bool = True,
+        deadline: float | None = None,
     ) -> AgentResult:
         """Answer ``question``; ``planner``: auto (tools when a tool-calling model is routed),
-        tools, or deterministic."""
+        tools, or deterministic. Every model call of the run shares ``deadline`` (default:
+        ``gateway.request_deadline_s`` from now)."""
+        self._deadline = self.gateway.deadline() if deadline is None else deadline
         max_steps = max_steps or self.qcfg.agent.max_steps
         ledger = ledger or self.gateway.ledger.child()
         box = Toolbox(pinned, default_k=k or self.qcfg.retrieval.k)
@@ -439,7 +455,7 @@ class Agent:
         for step in range(1, max_steps + 1):
             request = ChatRequest(tuple(messages), task="agent", tools=TOOLS, question=question)
             started = time.perf_counter()
-            response = self.gateway.complete(request, ledger=ledger)
+            response = self.gateway.complete(request, ledger=ledger, deadline=self._deadline)
             trace.append(
                 TraceStep(
                     step,
@@ -573,7 +589,7 @@ class Agent:
             )
             request = ChatRequest(messages, task="answer", question=part, context=used)
             started = time.perf_counter()
-            response = self.gateway.complete(request, ledger=ledger)
+            response = self.gateway.complete(request, ledger=ledger, deadline=self._deadline)
             trace.append(
                 TraceStep(
                     step,

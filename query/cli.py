@@ -67,6 +67,8 @@ def cmd_search(args, _beam_args) -> int:
         f"({result.took_ms:.1f} ms)"
     )
     _hit_lines(result.hits)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

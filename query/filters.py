@@ -228,7 +228,7 @@ def _split_text_form(spec: str) -> tuple[str, str, str] | None:
         if rest.startswith(op):
             return field, op, rest[len(op) :].strip()
     if spaced:
-        lowered = rest[:7].lower()
+        lowered = rest[: max(map(len, _WORD_OPS))].lower()
         for op in _WORD_OPS:
             after = rest[len(op) : len(op) + 1]
             if lowered.startswith(op) and (after.isspace() or not after):

@@ -66,6 +66,26 @@ METADATA_MAX_CHARS = 65_536  # a larger metadata column is not parsed at all
 _DEEP_VALUE_CHARS = 256
 
 
+class Scanned(list):
+    """A list of candidates, hits or rows; ``scan_capped`` is True when a metadata filter's
+    scan stopped at ``retrieval.max_scan_rows`` before it found enough matches (there may be
+    matching rows it did not read)."""
+
+    scan_capped: bool = False
+
+    @classmethod
+    def of(cls, items, scan_capped: bool = False) -> Scanned:
+        out = cls(items)
+        out.scan_capped = scan_capped
+        return out
+
+
+SCAN_CAPPED_WARNING = (
+    "a metadata filter matched too few of the rows read (retrieval.max_scan_rows); "
+    "there may be more matches: narrow the search with a column filter"
+)
+
+
 def parse_metadata(raw: str | None) -> dict[str, Any]:
     """The ``metadata`` column as a dict that any JSON encoder can write back.
 

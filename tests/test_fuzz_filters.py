@@ -10,6 +10,7 @@ spaces (quadratic backtracking in the old regex) and out-of-range numbers (a 500
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 
 import pyarrow as pa
@@ -170,6 +171,25 @@ def test_a_run_of_spaces_is_read_in_linear_time():
     assert time.perf_counter() - started < 5  # liveness bound only: it ran in seconds before
 
 
+# The regex the scanner replaced (quadratic on runs of spaces): the reference for short input.
+_OLD_TEXT_FORM = re.compile(
+    r"^\s*(?P<field>[A-Za-z_][\w.\-]*)\s*"
+    r"(?P<op>!=|<>|<=|>=|==|=|<|>|\s(?:not_in|not in|in|contains|prefix)\s)\s*(?P<value>.*?)\s*$",
+    re.IGNORECASE,
+)
+
+
+@FUZZ
+@given(text_filters.filter(lambda t: len(t) < 400) | st.text(max_size=60))
+def test_the_scanner_reads_what_the_old_regex_read(text):
+    old = _OLD_TEXT_FORM.match(text)
+    new = _split_text_form(text)
+    if old is not None:
+        assert new == (old["field"], old["op"].strip().lower(), old["value"])
+    elif new is not None:  # the scanner is laxer only where the old form had no value
+        assert new[2] == "" or "\n" in text or "\r" in text or not text.isprintable()
+
+
 @pytest.mark.parametrize(
     ("text", "parts"),
     [
@@ -180,6 +200,8 @@ def test_a_run_of_spaces_is_read_in_linear_time():
         ("doc_id not in a,b", ("doc_id", "not in", "a,b")),
         ('metadata.lang not_in ["en"]', ("metadata.lang", "not_in", '["en"]')),
         ("doc_id prefix  guide/ ", ("doc_id", "prefix", "guide/")),
+        ("source_uri contains .jsonl#p", ("source_uri", "contains", ".jsonl#p")),
+        ("title CONTAINS", ("title", "contains", "")),
         ("doc_idin x", None),
         ("doc_id inx", None),
         ("= x", None),
