@@ -176,3 +176,9 @@ def test_the_service_gives_every_request_one_deadline(db):
     assert providers["first"].timeouts == [20] and providers["second"].timeouts == []
     r = TestClient(create_app(svc, environ={})).post("/ask", json={"question": "duck?"})
     assert r.status_code == 504 and "deadline" in r.json()["detail"]
+    calls = len(providers["first"].timeouts)
+    with pytest.raises(DeadlineExceeded):  # the agent's model calls share one deadline too
+        svc.agent(
+            "Which duck is most common? And how does digest auth work?", planner="deterministic"
+        )
+    assert len(providers["first"].timeouts) == calls + 1 and providers["second"].timeouts == []
