@@ -36,6 +36,7 @@ from query.gateway import ModelGateway
 from query.retrieval import PinnedTable, retrieve
 from query.types import (
     MODES,
+    SCAN_CAPPED_WARNING,
     AgentResult,
     ChatRequest,
     ChatResponse,
@@ -137,26 +138,87 @@ _FUNCTIONS: dict[str, Callable[..., float]] = {
 }
 
 
+MAX_MAGNITUDE = 1e100  # every operand and every intermediate result stays within this
+MAX_EXPONENT = 64
+MAX_ROUND_DIGITS = 15
+MAX_EXPRESSION_CHARS = 200
+
+
+def _bounded(value: float | int) -> float | int:
+    if isinstance(value, complex):  # (-8) ** 0.5
+        raise QueryError("the result is not a real number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise QueryError("the result is not a finite number")
+    if abs(value) > MAX_MAGNITUDE:
+        raise QueryError(
+            f"a number in this calculation is larger than {MAX_MAGNITUDE:g}",
+            hint="the calculator is for arithmetic on quantities, not big-number work",
+        )
+    return value
+
+
+def _power(base: float | int, exponent: float | int) -> float | int:
+    """``base ** exponent``, refused before it is computed when the result would pass the
+    magnitude cap (a power is where a short expression grows a huge number)."""
+    if abs(exponent) > MAX_EXPONENT:
+        raise QueryError(f"exponents are limited to {MAX_EXPONENT}, got {exponent:g}")
+    if abs(base) > 1 and exponent > 0 and exponent * math.log10(abs(base)) > 100:
+        raise QueryError(f"{base:g} ** {exponent:g} is larger than {MAX_MAGNITUDE:g}")
+    if base == 0 and exponent < 0:
+        raise ZeroDivisionError("0 cannot be raised to a negative power")
+    return base**exponent
+
+
+def _round(value: float | int, digits: float | int = 0) -> float | int:
+    if not isinstance(digits, int) or abs(digits) > MAX_ROUND_DIGITS:
+        raise QueryError(f"round() takes a whole number of digits within ±{MAX_ROUND_DIGITS}")
+    return round(value, digits)
+
+
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: _power,
+}
+_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+_FUNCTIONS: dict[str, Callable[..., float]] = {
+    "abs": abs,
+    "round": _round,
+    "min": min,
+    "max": max,
+    "sqrt": math.sqrt,
+    "log": math.log,
+    "exp": math.exp,
+}
+
+
 def calculate(expression: str) -> float | int:
-    """Arithmetic on numbers only; names other than a few math functions are refused."""
-    if len(expression) > 200:
-        raise QueryError("the expression is longer than 200 characters")
+    """Arithmetic on numbers only; names other than a few math functions are refused.
+
+    Every operand and intermediate result is kept within ``MAX_MAGNITUDE`` (exponents within
+    ``MAX_EXPONENT``), so no expression of at most 200 characters costs real time or memory;
+    past a limit the tool answers with a ``QueryError`` the model can read.
+    """
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise QueryError(f"the expression is longer than {MAX_EXPRESSION_CHARS} characters")
     text = expression.replace("^", "**").replace("×", "*").replace("÷", "/")
     try:
         tree = ast.parse(text, mode="eval")
-    except SyntaxError as exc:
-        raise QueryError(f"not an arithmetic expression: {expression!r}") from exc
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        raise QueryError(f"not an arithmetic expression: {expression[:80]!r}") from exc
 
     def ev(node: ast.AST) -> float | int:
         if isinstance(node, ast.Expression):
             return ev(node.body)
         if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-            return node.value
+            return _bounded(node.value)
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
             left, right = ev(node.left), ev(node.right)
-            if isinstance(node.op, ast.Pow) and (abs(right) > 64 or abs(left) > 1e6):
-                raise QueryError("exponent or base too large")
-            return _BINARY[type(node.op)](left, right)
+            return _bounded(_BINARY[type(node.op)](left, right))
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
             return _UNARY[type(node.op)](ev(node.operand))
         if (
@@ -164,15 +226,15 @@ def calculate(expression: str) -> float | int:
             and isinstance(node.func, ast.Name)
             and node.func.id in _FUNCTIONS
             and not node.keywords
-            and len(node.args) <= 8
+            and 1 <= len(node.args) <= 8
         ):
-            return _FUNCTIONS[node.func.id](*(ev(a) for a in node.args))
+            return _bounded(_FUNCTIONS[node.func.id](*(ev(a) for a in node.args)))
         raise QueryError(f"not allowed in arithmetic: {ast.dump(node)[:60]}")
 
     try:
         result = ev(tree)
-    except (ZeroDivisionError, OverflowError, ValueError) as exc:
-        raise QueryError(f"cannot compute {expression!r}: {exc}") from exc
+    except (ZeroDivisionError, OverflowError, ValueError, TypeError, RecursionError) as exc:
+        raise QueryError(f"cannot compute {expression[:80]!r}: {exc}") from exc
     if isinstance(result, float) and result.is_integer() and abs(result) < 1e15:
         return int(result)
     return round(result, 10) if isinstance(result, float) else result
@@ -228,7 +290,8 @@ class Toolbox:
 
     def tool_list_sources(self, filters=None, limit: int = 100):
         docs: dict[str, dict[str, Any]] = {}
-        for r in self.pinned.rows_where(parse_filters(filters)):
+        rows = self.pinned.rows_where(parse_filters(filters))
+        for r in rows:
             entry = docs.setdefault(
                 r["doc_id"],
                 {
@@ -240,17 +303,27 @@ class Toolbox:
                 },
             )
             entry["chunks"] += 1
-        return list(docs.values())[: max(1, int(limit))]
+        return _noting_cap(list(docs.values())[: max(1, int(limit))], rows)
 
     def tool_filter_metadata(self, filters, limit: int = 20):
         rows = self.pinned.rows_where(parse_filters(filters), limit=max(1, min(int(limit), 100)))
-        return [
-            {"doc_id": r["doc_id"], "chunk_id": r["chunk_id"], "text": r["text"][:300]}
-            for r in rows
-        ]
+        return _noting_cap(
+            [
+                {"doc_id": r["doc_id"], "chunk_id": r["chunk_id"], "text": r["text"][:300]}
+                for r in rows
+            ],
+            rows,
+        )
 
     def tool_calculate(self, expression: str):
         return {"expression": expression, "result": calculate(str(expression))}
+
+
+def _noting_cap(items: list, rows) -> list:
+    """A listing read from a capped scan ends with a note the model can read."""
+    if getattr(rows, "scan_capped", False):
+        return [*items, {"warning": SCAN_CAPPED_WARNING}]
+    return items
 
 
 def _size(result: Any) -> int:
@@ -313,6 +386,7 @@ class Agent:
     def __init__(self, qcfg: QueryConfig, gateway: ModelGateway):
         self.qcfg = qcfg
         self.gateway = gateway
+        self._deadline: float | None = None  # set per run
 
     def run(
         self,
@@ -326,9 +400,12 @@ class Agent:
         filters=None,
         ledger: Ledger | None = None,
         store_trace: bool = True,
+        deadline: float | None = None,
     ) -> AgentResult:
         """Answer ``question``; ``planner``: auto (tools when a tool-calling model is routed),
-        tools, or deterministic."""
+        tools, or deterministic. Every model call of the run shares ``deadline`` (default:
+        ``gateway.request_deadline_s`` from now)."""
+        self._deadline = self.gateway.deadline() if deadline is None else deadline
         max_steps = max_steps or self.qcfg.agent.max_steps
         ledger = ledger or self.gateway.ledger.child()
         box = Toolbox(pinned, default_k=k or self.qcfg.retrieval.k)
@@ -378,7 +455,7 @@ class Agent:
         for step in range(1, max_steps + 1):
             request = ChatRequest(tuple(messages), task="agent", tools=TOOLS, question=question)
             started = time.perf_counter()
-            response = self.gateway.complete(request, ledger=ledger)
+            response = self.gateway.complete(request, ledger=ledger, deadline=self._deadline)
             trace.append(
                 TraceStep(
                     step,
@@ -512,7 +589,7 @@ class Agent:
             )
             request = ChatRequest(messages, task="answer", question=part, context=used)
             started = time.perf_counter()
-            response = self.gateway.complete(request, ledger=ledger)
+            response = self.gateway.complete(request, ledger=ledger, deadline=self._deadline)
             trace.append(
                 TraceStep(
                     step,

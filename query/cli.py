@@ -4,7 +4,7 @@ freshindex search QUERY [--mode vector|fts|hybrid] [-k N] [--filter 'FIELD OP VA
     [--as-of REF]
 freshindex ask QUESTION [--provider NAME] [same retrieval flags]
 freshindex agent QUESTION [--max-steps N] [--planner auto|tools|deterministic]
-freshindex serve [--host H] [--port P]
+freshindex serve [--host H] [--port P] [--insecure-no-auth]
 
 Every command takes --config/--db/--table/--json and --query-config (configs/query.yaml).
 Heavy imports stay inside the command functions so ``freshindex --help`` stays fast.
@@ -67,6 +67,8 @@ def cmd_search(args, _beam_args) -> int:
         f"({result.took_ms:.1f} ms)"
     )
     _hit_lines(result.hits)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -142,13 +144,17 @@ def cmd_serve(args, _beam_args) -> int:
     import uvicorn
 
     from query.api import create_app
+    from query.guard import check_bind
 
     svc = _service(args)
+    api = svc.qcfg.api
+    host = args.host or api.host
+    # before anything else: a refused bind must not first load models or open the table
+    check_bind(host, api_key_env=api.api_key_env, insecure_no_auth=args.insecure_no_auth)
     app = create_app(svc)
     if not args.no_warm_up:
         svc.reader.pinned().warm_up()  # load the model and vectors before the first request
-    api = svc.qcfg.api
-    uvicorn.run(app, host=args.host or api.host, port=args.port or api.port, log_level="info")
+    uvicorn.run(app, host=host, port=args.port or api.port, log_level="info")
     return 0
 
 
@@ -201,4 +207,10 @@ def register_cli(subparsers) -> None:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--no-warm-up", dest="no_warm_up", action="store_true")
+    p.add_argument(
+        "--insecure-no-auth",
+        dest="insecure_no_auth",
+        action="store_true",
+        help="serve on a non-loopback address without an API key (refused otherwise)",
+    )
     p.set_defaults(func=cmd_serve)

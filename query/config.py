@@ -37,10 +37,15 @@ class RetrievalConfig:
     memory_max_rows: int = 250_000
     reranker: str = "none"
     cached_versions: int = 4
+    # The most rows one filtered search (or an agent's listing) reads while looking for rows
+    # that pass a metadata filter; past it the result is marked scan_capped, never a full read.
+    max_scan_rows: int = 10_000
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"retrieval.mode must be one of {MODES}, got {self.mode!r}")
+        if self.max_scan_rows < 1:
+            raise ConfigError("retrieval.max_scan_rows must be >= 1")
         if self.k < 1 or self.candidates < 1 or self.rrf_k < 0 or self.cached_versions < 1:
             raise ConfigError("retrieval.k, candidates and cached_versions must be >= 1")
         if self.vector_engine not in ("auto", "memory", "lancedb"):
@@ -138,6 +143,9 @@ class Price:
 @dataclass(frozen=True)
 class GatewayConfig:
     timeout_s: float = 30.0
+    # One deadline for every model call of a request (attempts, backoff and fallbacks
+    # together); past it the request ends with DeadlineExceeded and no further call starts.
+    request_deadline_s: float = 60.0
     max_attempts: int = 3
     backoff_s: float = 0.5
     max_backoff_s: float = 8.0
@@ -154,6 +162,8 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.max_attempts < 1 or self.backoff_s < 0:
             raise ConfigError("gateway.timeout_s > 0, max_attempts >= 1, backoff_s >= 0")
+        if not self.request_deadline_s > 0:
+            raise ConfigError("gateway.request_deadline_s must be > 0")
         if self.cache_max_entries < 1 or (
             self.cache_ttl_hours is not None and self.cache_ttl_hours <= 0
         ):
@@ -189,6 +199,24 @@ class ApiConfig:
     max_k: int = 50
     max_agent_steps: int = 12
     max_filters: int = 16
+    # Hardening (docs/QUERY.md "Exposure"): bodies are read only after the key and the limits
+    # are checked, and at most max_body_bytes of them.
+    max_body_bytes: int = 262_144
+    rate_limit_per_minute: float = 120.0  # per API key, else per client address; 0: off
+    rate_limit_burst: int = 20  # requests a quiet client may send at once
+    max_concurrent_per_client: int = 4  # requests in flight per client; 0: off
+    max_tracked_clients: int = 10_000  # the least recently seen client's state is dropped
+    expose_source_uri: bool = False  # hits' source_uri (server paths, bucket URLs) in responses
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1024:
+            raise ConfigError("api.max_body_bytes must be >= 1024")
+        if self.rate_limit_per_minute < 0 or self.max_concurrent_per_client < 0:
+            raise ConfigError("api.rate_limit_per_minute and max_concurrent_per_client >= 0")
+        if self.rate_limit_burst < 1 or self.max_tracked_clients < 1:
+            raise ConfigError("api.rate_limit_burst and max_tracked_clients must be >= 1")
+        if self.max_query_chars < 1 or self.max_k < 1 or self.max_filters < 0:
+            raise ConfigError("api.max_query_chars and max_k must be >= 1, max_filters >= 0")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,10 @@ class LimitExceeded(QueryError, ValueError):
     """A request passes a configured limit (query length, k, agent steps)."""
 
 
+class DeadlineExceeded(QueryError):
+    """A request ran past ``gateway.request_deadline_s``; no further model call was started."""
+
+
 class ProviderError(FreshIndexError):
     """A model provider failed. ``retryable`` errors are retried and then fall back."""
 
@@ -55,6 +59,7 @@ class NoRoute(ProviderError):
 
 __all__ = [
     "ConfigError",
+    "DeadlineExceeded",
     "FilterError",
     "LimitExceeded",
     "NoRoute",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,13 @@ _ALIASES = {"==": "=", "eq": "=", "ne": "!=", "<>": "!=", "lt": "<", "le": "<=",
 _ALIASES |= {"gt": ">", "ge": ">=", "gte": ">=", "not in": "not_in", "startswith": "prefix"}
 MAX_VALUES = 1000
 MAX_STRING = 1000
+MAX_FILTER_CHARS = 4000  # a text filter ``FIELD OP VALUE``, before it is read
+MAX_FIELD_CHARS = 300
+MAX_OP_CHARS = 16
+# Integer columns are int32 in the chunks schema; metadata numbers are compared as int64
+# or finite floats. A value outside its range is a FilterError (422), not an overflow deep
+# in pyarrow (a 500).
+INT_RANGES: dict[str, tuple[int, int]] = {INT: (-(2**31), 2**31 - 1), JSON: (-(2**63), 2**63 - 1)}
 
 
 @dataclass(frozen=True)
@@ -78,14 +86,23 @@ class Filter:
     @classmethod
     def of(cls, field: str, op: str, value: Any) -> Filter:
         kind = field_type(field)
-        op = _ALIASES.get(str(op).strip().lower(), str(op).strip().lower())
+        if not isinstance(op, str) or len(op) > MAX_OP_CHARS:
+            raise FilterError(
+                f"{field}: an operator is text of at most {MAX_OP_CHARS} characters",
+                hint=f"allowed: {', '.join(OPERATORS[kind])}",
+            )
+        op = _ALIASES.get(op.strip().lower(), op.strip().lower())
         if op not in OPERATORS[kind]:
             raise FilterError(
-                f"operator {op!r} is not allowed on {field!r} ({kind})",
+                f"operator {_short(op)} is not allowed on {field!r} ({kind})",
                 hint=f"allowed: {', '.join(OPERATORS[kind])}",
             )
         if op in ("in", "not_in"):
             if isinstance(value, str):
+                if len(value) > MAX_FILTER_CHARS:
+                    raise FilterError(
+                        f"{field} {op}: the list is limited to {MAX_FILTER_CHARS} characters"
+                    )
                 value = [v.strip() for v in value.split(",") if v.strip()]
             if not isinstance(value, list | tuple) or not value:
                 raise FilterError(f"{field} {op}: the value must be a non-empty list")
@@ -109,17 +126,19 @@ class Filter:
 
 def field_type(field: str) -> str:
     if not isinstance(field, str):
-        raise FilterError(f"a filter field must be text, got {field!r}")
+        raise FilterError(f"a filter field must be text, got {_short(field)}")
+    if len(field) > MAX_FIELD_CHARS:
+        raise FilterError(f"a filter field is at most {MAX_FIELD_CHARS} characters")
     if field.startswith(METADATA_PREFIX):
         if not _METADATA_KEY.match(field[len(METADATA_PREFIX) :]):
             raise FilterError(
-                f"invalid metadata key in {field!r}",
+                f"invalid metadata key in {_short(field)}",
                 hint="metadata keys are letters, digits, '_' and '-', nested with '.'",
             )
         return JSON
     if field not in FIELDS:
         raise FilterError(
-            f"unknown filter field {field!r}",
+            f"unknown filter field {_short(field)}",
             hint=f"filterable: {', '.join(FIELDS)}, or metadata.<key>",
         )
     return FIELDS[field]
@@ -128,47 +147,100 @@ def field_type(field: str) -> str:
 def _coerce(field: str, kind: str, value: Any) -> Any:
     if kind == STR:
         if not isinstance(value, str):
-            raise FilterError(f"{field}: expected text, got {value!r}")
+            raise FilterError(f"{field}: expected text, got {_short(value)}")
         if len(value) > MAX_STRING:
             raise FilterError(f"{field}: values are limited to {MAX_STRING} characters")
         return value
     if kind == INT:
-        if isinstance(value, bool):
-            raise FilterError(f"{field}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str) and re.fullmatch(r"-?\d{1,18}", value.strip()):
-            return int(value)
-        raise FilterError(f"{field}: expected an integer, got {value!r}")
+        if isinstance(value, str) and re.fullmatch(r"-?\d{1,19}", value.strip()):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise FilterError(f"{field}: expected an integer, got {_short(value)}")
+        return _in_range(field, kind, value)
     if kind == TS:
         if isinstance(value, dt.datetime):
             moment = value
-        elif isinstance(value, str):
+        elif isinstance(value, str) and len(value) <= 64:
             try:
                 moment = dt.datetime.fromisoformat(value.strip())
             except ValueError:
                 raise FilterError(
-                    f"{field}: expected an ISO date or time, got {value!r}",
+                    f"{field}: expected an ISO date or time, got {_short(value)}",
                     hint="e.g. 2025-01-31 or 2025-01-31T12:00:00+00:00",
                 ) from None
         else:
-            raise FilterError(f"{field}: expected an ISO date or time, got {value!r}")
-        return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+            raise FilterError(f"{field}: expected an ISO date or time, got {_short(value)}")
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=dt.UTC)
+        try:  # an offset near year 1 or 9999 leaves the range datetime can hold in UTC
+            return moment.astimezone(dt.UTC)
+        except OverflowError:
+            raise FilterError(f"{field}: {_short(value)} is out of range") from None
     # JSON metadata: scalars only
-    if value is None or isinstance(value, bool | int | float):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return _in_range(field, kind, value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise FilterError(f"{field}: numbers must be finite, got {value!r}")
         return value
     if isinstance(value, str):
         if len(value) > MAX_STRING:
             raise FilterError(f"{field}: values are limited to {MAX_STRING} characters")
         return value
-    raise FilterError(f"{field}: metadata filters compare scalars, got {value!r}")
+    raise FilterError(f"{field}: metadata filters compare scalars, got {_short(value)}")
 
 
-_TEXT_FORM = re.compile(
-    r"^\s*(?P<field>[A-Za-z_][\w.\-]*)\s*"
-    r"(?P<op>!=|<>|<=|>=|==|=|<|>|\s(?:not_in|not in|in|contains|prefix)\s)\s*(?P<value>.*?)\s*$",
-    re.IGNORECASE,
-)
+def _in_range(field: str, kind: str, value: int) -> int:
+    low, high = INT_RANGES[kind]
+    if not low <= value <= high:
+        raise FilterError(
+            f"{field}: {_short(value, 40)} is out of range",
+            hint=f"integers here are within {low}..{high}",
+        )
+    return value
+
+
+_SYMBOL_OPS = ("!=", "<>", "<=", ">=", "==", "=", "<", ">")  # longest first
+_WORD_OPS = ("not_in", "not in", "in", "contains", "prefix")
+_FIELD_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+_FIELD_CHARS = _FIELD_START | frozenset("0123456789.-")
+
+
+def _split_text_form(spec: str) -> tuple[str, str, str] | None:
+    """(field, op, value) of ``FIELD OP VALUE``, or None when it is not that shape.
+
+    A hand-written scanner: one pass over the text, no backtracking, so its cost is linear
+    in the length whatever the input (a regex with nested ``\\s*`` took seconds on a run of
+    spaces). A word operator needs whitespace on both sides, as ``page in 1,2`` does.
+    """
+    text = spec.strip()
+    if not text or text[0] not in _FIELD_START:
+        return None
+    end = 1
+    while end < len(text) and (text[end] in _FIELD_CHARS or text[end].isalnum()):
+        end += 1
+    field, rest = text[:end], text[end:]
+    spaced = rest[:1].isspace()
+    rest = rest.lstrip()
+    for op in _SYMBOL_OPS:
+        if rest.startswith(op):
+            return field, op, rest[len(op) :].strip()
+    if spaced:
+        lowered = rest[: max(map(len, _WORD_OPS))].lower()
+        for op in _WORD_OPS:
+            after = rest[len(op) : len(op) + 1]
+            if lowered.startswith(op) and (after.isspace() or not after):
+                return field, op, rest[len(op) :].strip()
+    return None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: errors name the input without echoing
+    a long one back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_filter(spec: Any) -> Filter:
@@ -179,35 +251,40 @@ def parse_filter(spec: Any) -> Filter:
         unknown = set(spec) - {"field", "op", "value"}
         if unknown or "field" not in spec or "value" not in spec:
             raise FilterError(
-                f"a filter is {{field, op, value}}, got keys {sorted(spec)}",
+                f"a filter is {{field, op, value}}, got keys {_short(sorted(map(str, spec)))}",
                 hint='e.g. {"field": "doc_id", "op": "=", "value": "guide/auth.md"}',
             )
         return Filter.of(spec["field"], spec.get("op", "="), spec["value"])
     if isinstance(spec, list | tuple) and len(spec) == 3:
         return Filter.of(*spec)
     if isinstance(spec, str):
-        match = _TEXT_FORM.match(spec)
-        if not match:
+        if len(spec) > MAX_FILTER_CHARS:
             raise FilterError(
-                f"cannot read filter {spec!r}",
+                f"a filter is limited to {MAX_FILTER_CHARS} characters, got {len(spec)}",
+                hint="filter on fewer values, or use the {field, op, value} form",
+            )
+        parts = _split_text_form(spec)
+        if parts is None:
+            raise FilterError(
+                f"cannot read filter {_short(spec)}",
                 hint="write FIELD OP VALUE, e.g. 'doc_id = guide/auth.md' or "
                 "'page_number >= 2' or 'content_type in text/markdown,text/html'",
             )
-        field, op, raw = match["field"], match["op"].strip(), match["value"]
+        field, op, raw = parts
         kind = field_type(field)
         value: Any = raw
         if kind == JSON and raw:
             try:  # numbers, booleans, null and JSON lists for metadata
                 value = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 value = raw
         elif raw.startswith("[") and op.lower() in ("in", "not_in", "not in"):
             try:
                 value = json.loads(raw)
-            except ValueError as exc:
-                raise FilterError(f"cannot read the list in {spec!r}: {exc}") from None
+            except (ValueError, RecursionError):
+                raise FilterError(f"cannot read the list in {_short(spec)}") from None
         return Filter.of(field, op, value)
-    raise FilterError(f"cannot read filter {spec!r}")
+    raise FilterError(f"cannot read filter {_short(spec)}")
 
 
 def parse_filters(specs: Iterable[Any] | None) -> tuple[Filter, ...]:

@@ -10,6 +10,9 @@ For one ``ChatRequest`` it
 3. **retries** each provider on timeouts, rate limits and 5xx, with exponential backoff and
    jitter (``Retry-After`` respected), each attempt under ``gateway.timeout_s``;
 4. **falls back** to the next provider of the chain when one keeps failing;
+   all of it within one deadline per request (``gateway.request_deadline_s``, or the
+   ``deadline`` the caller passes): each attempt's timeout is cut to what is left, and past
+   it ``DeadlineExceeded`` is raised and no further attempt or fallback starts;
 5. **accounts** every attempt: latency, tokens in/out (estimated where the provider reports
    none), cost from ``gateway.prices``.
 
@@ -32,7 +35,7 @@ from query.accounting import Ledger
 from query.cache import ResponseCache, cache_key
 from query.config import GatewayConfig, QueryConfig
 from query.context import estimate_messages
-from query.errors import NoRoute, ProviderError, RateLimited
+from query.errors import DeadlineExceeded, NoRoute, ProviderError, RateLimited
 from query.providers.base import Provider, build_provider
 from query.types import CallRecord, ChatRequest, ChatResponse
 
@@ -55,12 +58,30 @@ class ModelGateway:
         cache: ResponseCache | None = None,
         ledger: Ledger | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.config = config
         self.providers = providers
         self.cache = cache
         self.ledger = ledger or Ledger(log_path=config.accounting_log)
         self._sleep = sleep
+        self._clock = clock
+
+    def deadline(self) -> float:
+        """The deadline of a request that starts now (on this gateway's clock); pass it to
+        every ``complete`` call of the request."""
+        return self._clock() + self.config.request_deadline_s
+
+    def _left(self, deadline: float) -> float:
+        """Seconds left before ``deadline``; raises ``DeadlineExceeded`` when none are."""
+        left = deadline - self._clock()
+        if left <= 0:
+            raise DeadlineExceeded(
+                "the request ran past its deadline of "
+                f"{self.config.request_deadline_s:g} s (gateway.request_deadline_s)",
+                hint="retry later, or ask the operator to raise gateway.request_deadline_s",
+            )
+        return left
 
     @classmethod
     def from_config(
@@ -121,12 +142,22 @@ class ModelGateway:
 
     # ---- calls
 
-    def complete(self, request: ChatRequest, *, ledger: Ledger | None = None) -> ChatResponse:
-        """The response of the first provider of the route that answers; raises ``NoRoute``."""
+    def complete(
+        self,
+        request: ChatRequest,
+        *,
+        ledger: Ledger | None = None,
+        deadline: float | None = None,
+    ) -> ChatResponse:
+        """The response of the first provider of the route that answers; raises ``NoRoute``,
+        or ``DeadlineExceeded`` once ``deadline`` (default: ``request_deadline_s`` from now)
+        has passed."""
         ledger = ledger or self.ledger
+        deadline = self.deadline() if deadline is None else deadline
         route = self.route(request)
         failures = list(route.skipped)
         for provider_name in route.providers:
+            self._left(deadline)  # no fallback starts past the deadline
             provider = self.providers[provider_name]
             model = request.model or provider.model
             salt = getattr(provider, "cache_salt", "")
@@ -137,7 +168,7 @@ class ModelGateway:
                     ledger.record(self._record(request, cached, 0.0, cached=True))
                     return replace(cached, cached=True, latency_ms=0.0, cost_usd=0.0)
             try:
-                response = self._call_with_retries(provider, request, model, ledger)
+                response = self._call_with_retries(provider, request, model, ledger, deadline)
             except ProviderError as exc:
                 failures.append(f"{provider_name}: {exc}")
                 log.warning("provider %s failed, falling back: %s", provider_name, exc)
@@ -152,13 +183,19 @@ class ModelGateway:
         )
 
     def _call_with_retries(
-        self, provider: Provider, request: ChatRequest, model: str, ledger: Ledger
+        self,
+        provider: Provider,
+        request: ChatRequest,
+        model: str,
+        ledger: Ledger,
+        deadline: float,
     ) -> ChatResponse:
         attempts = self.config.max_attempts
         for attempt in range(1, attempts + 1):
+            timeout = min(self.config.timeout_s, self._left(deadline))
             started = time.perf_counter()
             try:
-                response = provider.complete(request, timeout=self.config.timeout_s)
+                response = provider.complete(request, timeout=timeout)
             except ProviderError as exc:
                 elapsed = (time.perf_counter() - started) * 1000
                 ledger.record(
@@ -180,7 +217,10 @@ class ModelGateway:
                 )
                 if not exc.retryable or attempt == attempts:
                     raise
-                self._sleep(self._backoff(attempt, exc))
+                delay = self._backoff(attempt, exc)
+                if self._clock() + delay >= deadline:
+                    raise  # no time for another attempt: the caller falls back or stops
+                self._sleep(delay)
                 continue
             elapsed = (time.perf_counter() - started) * 1000
             price = self.config.price(provider.name, model)

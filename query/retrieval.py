@@ -43,7 +43,7 @@ from query.config import RetrievalConfig
 from query.errors import QueryError
 from query.filters import Filter, arrow_mask, matches_row, parse_filters, split, to_expr
 from query.rerank import Reranker, get_reranker
-from query.types import MODES, Hit, parse_metadata
+from query.types import MODES, Hit, Scanned, parse_metadata
 from schemas.tables import table_metadata
 
 log = logging.getLogger(__name__)
@@ -394,8 +394,10 @@ class PinnedTable:
             data = q.select([*HIT_COLUMNS, "_distance"]).limit(fetch).to_arrow()
             return [(r, 1.0 - float(r.pop("_distance"))) for r in data.to_pylist()]
 
+        cap = self.config.max_scan_rows
         return [
-            _filtered(lambda fetch, e, v=v: run(v, fetch, e), n, filters) for v in query_vectors
+            _filtered(lambda fetch, e, v=v: run(v, fetch, e), n, filters, cap)
+            for v in query_vectors
         ]
 
     def fts_candidates(
@@ -419,41 +421,48 @@ class PinnedTable:
             data = q.select([*HIT_COLUMNS, "_score"]).limit(fetch).to_arrow()
             return [(r, float(r.pop("_score"))) for r in data.to_pylist()]
 
-        return _filtered(run, n, filters)
+        return _filtered(run, n, filters, self.config.max_scan_rows)
 
     # ---- the agent's tools read through these
 
-    def rows_where(self, filters: Sequence[Filter], limit: int | None = None) -> list[dict]:
-        """Chunks matching ``filters`` (no query), in document and chunk order."""
+    def rows_where(self, filters: Sequence[Filter], limit: int | None = None) -> Scanned:
+        """Chunks matching ``filters`` (no query), in document and chunk order, from at most
+        ``retrieval.max_scan_rows`` rows read (``scan_capped`` says when that stopped it)."""
         columns, meta = split(filters)
         expr = to_expr(columns) if columns else None
         q = self.table.search()
         if expr is not None:
             q = q.where(expr)
-        rows = q.select(list(HIT_COLUMNS)).limit(None).to_arrow().to_pylist()
+        cap = self.config.max_scan_rows
+        rows = q.select(list(HIT_COLUMNS)).limit(cap).to_arrow().to_pylist()
+        capped = len(rows) >= cap
         if meta:
             rows = [r for r in rows if matches_row(parse_metadata(r["metadata"]), meta)]
         rows.sort(key=lambda r: (r["doc_id"], r["chunk_index"] or 0))
-        return rows if limit is None else rows[:limit]
+        return Scanned.of(rows if limit is None else rows[:limit], capped)
 
     def hit(self, row: dict, score: float, mode: str, **extra) -> Hit:
         return _to_hit(row, score, self.version, mode, **extra)
 
 
-def _filtered(run, n: int, filters: Sequence[Filter]) -> list[tuple[dict, float]]:
+def _filtered(run, n: int, filters: Sequence[Filter], max_scan: int) -> Scanned:
     """Call ``run(fetch, expr)`` with the column filters pushed down; apply metadata filters
-    to the results, fetching 4x more until ``n`` pass or the candidates run out (exact)."""
+    to the results, fetching 4x more until ``n`` pass, the candidates run out, or ``max_scan``
+    rows were fetched: a metadata filter that matches nothing must not read the whole table
+    (the result is then ``scan_capped``)."""
     columns, meta = split(filters)
     expr = to_expr(columns) if columns else None
     if not meta:
-        return run(n, expr)
-    fetch = max(4 * n, 40)
+        return Scanned(run(n, expr))
+    fetch = min(max(4 * n, 40), max_scan)
     while True:
         got = run(fetch, expr)
         kept = [(r, s) for r, s in got if matches_row(parse_metadata(r.get("metadata")), meta)]
         if len(kept) >= n or len(got) < fetch:
-            return kept[:n]
-        fetch *= 4
+            return Scanned(kept[:n])
+        if fetch >= max_scan:
+            return Scanned.of(kept[:n], scan_capped=True)
+        fetch = min(fetch * 4, max_scan)
 
 
 def _to_hit(row: dict, score: float, version: int, mode: str, **extra) -> Hit:
@@ -644,7 +653,8 @@ def _search_one(
     if reranker is not None and hits:
         qv = vector if vector is not None else pinned.embed([query])[0]
         hits = reranker.rerank(query, qv, hits, pinned.vectors_for)
-    return [replace(h, rank=i) for i, h in enumerate(hits[:k], start=1)]
+    capped = any(getattr(c, "scan_capped", False) for c in (vector_cands, fts_cands))
+    return Scanned.of([replace(h, rank=i) for i, h in enumerate(hits[:k], start=1)], capped)
 
 
 _fts_pool: ThreadPoolExecutor | None = None
@@ -731,7 +741,9 @@ def retrieve(
     as_of: str | int | None = None,
     **kwargs,
 ) -> list[Hit]:
-    """Search a chunks table; returns up to ``k`` hits, best first.
+    """Search a chunks table; returns up to ``k`` hits, best first (a ``Scanned`` list: its
+    ``scan_capped`` is True when a metadata filter's scan stopped at
+    ``retrieval.max_scan_rows``).
 
     ``target`` is an ``IndexReader`` or ``PinnedTable`` (reuse one across queries), a LanceDB
     table handle (read at its checked-out version), or a db URI/connection with

@@ -26,7 +26,7 @@ from query.errors import LimitExceeded, QueryError
 from query.filters import parse_filters
 from query.gateway import ModelGateway
 from query.retrieval import IndexReader, PinnedTable, retrieve
-from query.types import MODES, AgentResult, Answer, ChatRequest, Hit
+from query.types import MODES, SCAN_CAPPED_WARNING, AgentResult, Answer, ChatRequest, Hit
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,11 @@ class SearchResult:
     table_version: int
     took_ms: float
     hits: tuple[Hit, ...]
+    scan_capped: bool = False
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return (SCAN_CAPPED_WARNING,) if self.scan_capped else ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +53,8 @@ class SearchResult:
             "table_version": self.table_version,
             "took_ms": round(self.took_ms, 3),
             "hits": [h.to_dict() for h in self.hits],
+            "scan_capped": self.scan_capped,
+            "warnings": list(self.warnings),
         }
 
 
@@ -146,7 +153,8 @@ class QueryService:
             reranker=reranker,
         )
         took = (time.perf_counter() - started) * 1000
-        return SearchResult(query, mode, k, pinned.name, pinned.version, took, tuple(hits))
+        capped = bool(getattr(hits, "scan_capped", False))
+        return SearchResult(query, mode, k, pinned.name, pinned.version, took, tuple(hits), capped)
 
     def answer_from_hits(
         self,
@@ -156,6 +164,7 @@ class QueryService:
         *,
         provider: str | None = None,
         ledger: Ledger | None = None,
+        deadline: float | None = None,
     ) -> Answer:
         context, used = assemble_context(hits, self.qcfg.context.max_tokens)
         messages = render(
@@ -165,7 +174,7 @@ class QueryService:
             messages, task="answer", question=question, context=used, provider=provider
         )
         ledger = ledger or self.gateway.ledger.child()
-        response = self.gateway.complete(request, ledger=ledger)
+        response = self.gateway.complete(request, ledger=ledger, deadline=deadline)
         citations = response.citations or citations_from_text(response.text, used)
         answered = response.answered and not response.text.startswith(
             "The context does not contain an answer"
@@ -194,14 +203,18 @@ class QueryService:
         as_of: str | int | None = None,
         provider: str | None = None,
     ) -> Answer:
-        """Retrieve, pack the context into the token budget, answer through the gateway."""
+        """Retrieve, pack the context into the token budget, answer through the gateway, all
+        within one ``gateway.request_deadline_s``."""
         if provider is not None and provider not in self.qcfg.gateway.providers:
             raise QueryError(
                 f"unknown provider {provider!r}",
                 hint=f"configured: {sorted(self.qcfg.gateway.providers)}",
             )
+        deadline = self.gateway.deadline()
         result = self.search(question, mode=mode, k=k, filters=filters, as_of=as_of)
-        return self.answer_from_hits(question, result.hits, result.table_version, provider=provider)
+        return self.answer_from_hits(
+            question, result.hits, result.table_version, provider=provider, deadline=deadline
+        )
 
     def agent(
         self,
@@ -215,6 +228,7 @@ class QueryService:
         filters: Any = None,
     ) -> AgentResult:
         self.check(query=question, k=k, mode=mode)
+        deadline = self.gateway.deadline()
         limit = self.qcfg.api.max_agent_steps
         if max_steps is not None and not 1 <= max_steps <= limit:
             raise LimitExceeded(f"max_steps must be within 1..{limit}, got {max_steps}")
@@ -228,6 +242,7 @@ class QueryService:
             mode=mode,
             k=k,
             filters=filters or None,
+            deadline=deadline,
         )
 
     def versions(self) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,14 +61,62 @@ class Hit(_Record):
         return f"{self.doc_id}#{self.chunk_id}"
 
 
+METADATA_MAX_DEPTH = 8  # deeper values are returned as (cut) JSON text
+METADATA_MAX_CHARS = 65_536  # a larger metadata column is not parsed at all
+_DEEP_VALUE_CHARS = 256
+
+
+class Scanned(list):
+    """A list of candidates, hits or rows; ``scan_capped`` is True when a metadata filter's
+    scan stopped at ``retrieval.max_scan_rows`` before it found enough matches (there may be
+    matching rows it did not read)."""
+
+    scan_capped: bool = False
+
+    @classmethod
+    def of(cls, items, scan_capped: bool = False) -> Scanned:
+        out = cls(items)
+        out.scan_capped = scan_capped
+        return out
+
+
+SCAN_CAPPED_WARNING = (
+    "a metadata filter matched too few of the rows read (retrieval.max_scan_rows); "
+    "there may be more matches: narrow the search with a column filter"
+)
+
+
 def parse_metadata(raw: str | None) -> dict[str, Any]:
-    if not raw:
+    """The ``metadata`` column as a dict that any JSON encoder can write back.
+
+    A stored document is not trusted to be tame: nesting past ``METADATA_MAX_DEPTH`` is cut
+    (the subtree becomes its JSON text, at most 256 characters), non-finite numbers become
+    None, and unreadable, oversized or too-deep JSON gives ``{}``, so one odd document cannot
+    make every search that returns it fail. Filters read at most 4 levels, within the cap.
+    """
+    if not raw or len(raw) > METADATA_MAX_CHARS:
         return {}
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
-    return value if isinstance(value, dict) else {}
+    return _tame(value, 0) if isinstance(value, dict) else {}
+
+
+def _tame(value: Any, depth: int) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if not isinstance(value, dict | list):
+        return value
+    if depth >= METADATA_MAX_DEPTH:
+        try:
+            text = json.dumps(value, allow_nan=True)
+        except (ValueError, RecursionError):
+            text = "..."
+        return text if len(text) <= _DEEP_VALUE_CHARS else text[: _DEEP_VALUE_CHARS - 3] + "..."
+    if isinstance(value, dict):
+        return {str(k): _tame(v, depth + 1) for k, v in value.items()}
+    return [_tame(v, depth + 1) for v in value]
 
 
 # ---------------------------------------------------------------- model plane

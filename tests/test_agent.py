@@ -4,6 +4,7 @@ against a STAND-IN chat-completions server, step limits, traces and the tools th
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,34 @@ def test_calculate(expression, value):
 def test_calculate_refuses_anything_but_arithmetic(bad):
     with pytest.raises(QueryError):
         calculate(bad)
+
+
+@pytest.mark.parametrize(
+    "huge",
+    [
+        "*".join(["999999**64"] * 18),  # each power allowed before; the product is 7000 digits
+        "999999**16*999999**16*999999**16",
+        "round(1, -999999999)",  # ran without end: Python builds 10**999999999
+        "round(2.5, 10**6)",
+        "1e200 * 1e200",
+        "10**101",
+        "2**65",
+        "exp(1000)",
+        "(-8) ** 0.5",
+        "9" * 150,
+    ],
+)
+def test_calculate_caps_operands_results_and_exponents(huge):
+    started = time.perf_counter()
+    with pytest.raises(QueryError, match=r"larger than|limited to|finite|real number|digits|range"):
+        calculate(huge)
+    assert time.perf_counter() - started < 5  # liveness bound only
+
+
+def test_calculate_result_always_fits_a_tool_reply():
+    value = calculate("999999**16 * 999999**0.5")
+    assert abs(value) <= 1e100 and json.dumps({"result": value})
+    assert calculate("round(2.123456, 2)") == 2.12 and calculate("2**64") == 2**64
 
 
 def test_deterministic_planner_answers_each_part_and_combines(tmp_path):

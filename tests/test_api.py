@@ -20,6 +20,7 @@ def make_client(auth: bool = False, **overrides) -> TestClient:
     cfg = index_config(str(fixture_index("fake-hash") / "lancedb"))
     settings = {"gateway.cache.enabled": False, "api.max_k": 10, "api.max_agent_steps": 4}
     settings |= {"api.max_query_chars": 200, "api.max_filters": 3}
+    settings["api.rate_limit_per_minute"] = 0  # limits: tests/test_api_hardening.py
     if auth:
         settings["api.api_key_env"] = "TEST_API_KEY"
     qcfg = load_query_config(overrides={**settings, **overrides}, environ={})
