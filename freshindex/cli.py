@@ -62,7 +62,7 @@ def cmd_ingest(args, beam_args: list[str]) -> int:
 
     configure_logging(args.verbose)
     cfg = config_from_args(args, **{"ingest.sync": args.sync})
-    row = run_ingest(cfg, args.source, beam_args, args.run_id)
+    row = run_ingest(cfg, args.source, beam_args, args.run_id, args.retry_failed)
     if args.json:
         print(json.dumps(row, default=_json_default, indent=2))
     else:
@@ -208,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(p)
     p.add_argument("--sync", choices=("full", "append"), help="default from config: full")
     p.add_argument("--run-id", dest="run_id")
+    p.add_argument(
+        "--retry-failed",
+        dest="retry_failed",
+        action="store_true",
+        help="re-parse documents that failed permanently before (skipped while their bytes "
+        "and the settings are unchanged)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_ingest, beam=True)
 

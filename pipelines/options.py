@@ -28,6 +28,15 @@ class FreshIndexOptions(PipelineOptions):
         parser.add_argument("--chunk_overlap_tokens", type=int, default=None)
         parser.add_argument("--max_failure_fraction", type=float, default=None)
         parser.add_argument("--run_id", default=None, help="defaults to a UTC timestamp")
+        parser.add_argument(
+            "--retry_failed",
+            "--retry-failed",
+            dest="retry_failed",
+            action="store_true",
+            default=False,
+            help="re-parse documents that failed permanently before with the same bytes "
+            "and settings (skipped otherwise)",
+        )
 
     def to_config(self) -> Config:
         """The typed config: defaults, the --config file, environment, then these flags."""
