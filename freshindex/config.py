@@ -78,7 +78,7 @@ class ChunkingConfig:
 class ParsingConfig:
     pdf_strategy: str = "fast"
     max_file_mb: float = 50
-    # Limits of one document's parse (README, Parsing limits). The parser runs in a worker
+    # Limits of one document's parse (README, Batch re-indexing). The parser runs in a worker
     # process that is stopped past the deadline or the memory ceiling.
     timeout_s: float = 120
     max_memory_mb: float = 2048  # what one parse may add to the worker's resident memory

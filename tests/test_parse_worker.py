@@ -127,3 +127,20 @@ def test_closing_the_worker_ends_its_process(worker):
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(pid)
+
+
+def keep_memory(mb):
+    kept.append(b"x" * (mb * 1024 * 1024))
+    return os.getpid()
+
+
+kept: list[bytes] = []  # in the worker process: what keep_memory holds on to
+
+
+def test_memory_left_over_by_earlier_calls_never_counts_against_the_next_one():
+    with IsolatedWorker(keep_memory, timeout_s=120, max_memory_mb=100) as w:
+        first = w.call(60)
+        assert w.call(60) == first  # each call adds 60 MB: under the ceiling
+        # the worker now holds 120 MB more than when it started: replaced before the next
+        # call instead of failing it
+        assert w.call(60) != first and w.starts == 2

@@ -10,8 +10,10 @@ memory. ``IsolatedWorker`` runs such a function in a child process that the call
   process start; after a kill or a crash the next call starts a fresh one;
 - the deadline counts the call only, never the start-up;
 - memory: the parent watches the child's resident memory while it waits, and kills it when
-  one call grows it by more than the ceiling; the child's address space is also capped
-  (RLIMIT_AS) well above that, as a backstop for an allocation too fast to be watched.
+  one call grows it by more than the ceiling; a child whose idle heap has grown past the
+  ceiling since it started is replaced before the next call; the child's address space is
+  also capped (RLIMIT_AS) well above that, as a backstop for an allocation too fast to be
+  watched.
 """
 
 from __future__ import annotations
@@ -253,12 +255,20 @@ class IsolatedWorker:
         with self._lock:
             self.start()
             self._wait_ready()
+            before = _rss_bytes(self._proc.pid)
+            if before is not None and self._baseline and before - self._baseline > self._limit:
+                # earlier calls left the heap this large (freed memory is rarely returned):
+                # start afresh, so this call is measured alone and the backstop still fits
+                self._discard()
+                self.start()
+                self._wait_ready()
+                before = _rss_bytes(self._proc.pid)
             try:
                 self._conn.send(args)
             except (OSError, ValueError) as exc:
                 self._discard()
                 raise WorkerCrashed(f"the worker is gone ({exc})") from None
-            kind, payload = self._wait_answer()
+            kind, payload = self._wait_answer(before)
             if kind == "ok":
                 return payload
             if kind == "memory":
@@ -269,9 +279,13 @@ class IsolatedWorker:
                 )
             raise RemoteError(*payload)
 
-    def _wait_answer(self) -> tuple[str, Any]:
+    @property
+    def _limit(self) -> int:
+        return int(self.max_memory_mb * 1024 * 1024)
+
+    def _wait_answer(self, rss_before: int | None) -> tuple[str, Any]:
         deadline = time.monotonic() + self.timeout_s
-        limit = self.max_memory_mb * 1024 * 1024
+        limit = self._limit
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -283,7 +297,7 @@ class IsolatedWorker:
                 except (EOFError, OSError):
                     break
             rss = _rss_bytes(self._proc.pid)
-            grown = rss - self._baseline if rss is not None and self._baseline else None
+            grown = rss - rss_before if rss is not None and rss_before else None
             if grown is not None and grown > limit:
                 self._discard()
                 raise WorkerMemoryExceeded(
