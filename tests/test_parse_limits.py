@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import struct
 import time
 import zipfile
 
@@ -19,6 +20,7 @@ import pytest
 from freshindex.config import ParsingConfig
 from freshindex.errors import (
     ArchiveTooLarge,
+    ConfigError,
     CorruptDocument,
     ParseMemoryExceeded,
     ParseTimeout,
@@ -118,3 +120,31 @@ def test_documents_without_a_worker_of_their_own_parse_in_a_pooled_one():
     with lend_parse_worker(cfg) as worker:  # the one that parsed it, returned warm
         assert worker.pid is not None and worker.pid != os.getpid()
         assert worker.timeout_s == 77 and worker.starts == 1
+
+
+def lie_about_size(archive: bytes, member_size: int, declared: int) -> bytes:
+    """The archive with ``member_size`` replaced by ``declared`` in its local header and its
+    central directory: a member that claims to be small and inflates to far more."""
+    data = archive.replace(struct.pack("<I", member_size), struct.pack("<I", declared))
+    assert data != archive
+    return data
+
+
+def test_a_member_that_lies_about_its_size_is_not_inflated_past_the_declared_size():
+    bomb = docx_bomb()
+    real_size = zipfile.ZipFile(io.BytesIO(bomb)).getinfo("word/document.xml").file_size
+    liar = lie_about_size(bomb, real_size, 100)
+    (member,) = [m for m in zipfile.ZipFile(io.BytesIO(liar)).infolist() if m.file_size == 100]
+    assert member.filename == "word/document.xml"  # passes the directory check ...
+    # ... and zipfile stops reading it after the declared 100 bytes: the CRC of the real
+    # content then fails, where a reader that inflated it all would have parsed 20 MB
+    with pytest.raises(CorruptDocument, match="CRC"):
+        parse_document(docx_ref(), liar, ParsingConfig())
+
+
+@pytest.mark.parametrize(
+    "bad", [{"timeout_s": 0}, {"max_memory_mb": -1}, {"max_inflated_mb": 0}, {"max_zip_ratio": 0}]
+)
+def test_parse_limits_are_validated_where_they_are_given(bad):
+    with pytest.raises(ConfigError, match="parsing"):
+        ParsingConfig(**bad)
