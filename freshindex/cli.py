@@ -70,7 +70,12 @@ def cmd_ingest(args, beam_args: list[str]) -> int:
     configure_logging(args.verbose)
     cfg = config_from_args(args, **{"ingest.sync": args.sync, "ingest.namespace": args.namespace})
     row = run_ingest(
-        cfg, args.source, beam_args, args.run_id, allow_mass_delete=args.allow_mass_delete
+        cfg,
+        args.source,
+        beam_args,
+        args.run_id,
+        allow_mass_delete=args.allow_mass_delete,
+        retry_failed=args.retry_failed,
     )
     if args.json:
         print(json.dumps(row, default=_json_default, indent=2))
@@ -221,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-mass-delete",
         action="store_true",
         help="let a full sync delete more than ingest.max_delete_fraction of the source",
+    )
+    p.add_argument(
+        "--retry-failed",
+        dest="retry_failed",
+        action="store_true",
+        help="re-parse documents that failed permanently before (skipped while their bytes "
+        "and the settings are unchanged)",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_ingest, beam=True)

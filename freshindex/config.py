@@ -78,8 +78,21 @@ class ChunkingConfig:
 class ParsingConfig:
     pdf_strategy: str = "fast"
     max_file_mb: float = 50
+    # Limits of one document's parse (README, Batch re-indexing). The parser runs in a worker
+    # process that is stopped past the deadline or the memory ceiling.
+    timeout_s: float = 120
+    max_memory_mb: float = 2048  # what one parse may add to the worker's resident memory
+    # Zip-based formats (DOCX, PPTX) are checked from the zip's directory before parsing.
+    max_inflated_mb: float = 100  # the members' total inflated size
+    max_zip_members: int = 10_000
+    max_zip_ratio: float = 100  # inflated/compressed of a member over 1 MiB
 
     def __post_init__(self) -> None:
+        for name in ("max_file_mb", "timeout_s", "max_memory_mb", "max_inflated_mb"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"parsing.{name} must be positive, got {getattr(self, name)}")
+        if self.max_zip_members < 1 or self.max_zip_ratio < 1:
+            raise ConfigError("parsing.max_zip_members and parsing.max_zip_ratio must be >= 1")
         if self.pdf_strategy != "fast":
             raise ConfigError(
                 f"parsing.pdf_strategy {self.pdf_strategy!r} is not supported",

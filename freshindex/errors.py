@@ -27,9 +27,15 @@ class SourceError(FreshIndexError):
 
 
 class DocumentError(FreshIndexError):
-    """One document failed a stage: recorded in the errors table, never raised out of a run."""
+    """One document failed a stage: recorded in the errors table, never raised out of a run.
+
+    ``permanent``: the same bytes under the same settings would fail again (corrupt, empty,
+    too large), so a batch run remembers the failure and skips the document until either
+    changes. A transient failure (I/O error, timeout, a crashed parser) is retried every run.
+    """
 
     stage = "document"
+    permanent = False
 
     def __init__(self, message: str, *, doc_id: str | None = None, hint: str | None = None):
         super().__init__(message, hint=hint)
@@ -38,16 +44,53 @@ class DocumentError(FreshIndexError):
 
 class UnsupportedFormat(DocumentError):
     stage = "parse"
+    permanent = True
+
+
+class ArchiveTooLarge(UnsupportedFormat):
+    """A zip-based document (DOCX, PPTX) would inflate past ``parsing.max_inflated_mb``, has
+    too many members, or compresses suspiciously well: refused before it is parsed."""
 
 
 class EmptyDocument(DocumentError):
     """The document has no extractable text (empty file, scanned PDF without a text layer)."""
 
     stage = "parse"
+    permanent = True
 
 
 class CorruptDocument(DocumentError):
+    """The parser cannot read the document (damaged file, wrong extension)."""
+
     stage = "parse"
+    permanent = True
+
+
+class ParseTimeout(DocumentError):
+    """The parse ran past ``parsing.timeout_s`` and was stopped; retried on the next run
+    (a slow machine or a busy one can be the cause)."""
+
+    stage = "parse"
+
+
+class ParseMemoryExceeded(DocumentError):
+    """The parse needed more memory than ``parsing.max_memory_mb`` and was stopped."""
+
+    stage = "parse"
+    permanent = True
+
+
+class ParserCrashed(DocumentError):
+    """The parser process died (a crash in a C extension, or the system's OOM killer)."""
+
+    stage = "parse"
+
+
+class SourceChanged(DocumentError):
+    """The document's bytes changed between listing (when it was hashed and planned) and
+    parsing; retried on the next run, which plans what is there then."""
+
+    stage = "read"
 
 
 class TableError(FreshIndexError):

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 
 from freshindex.errors import SchemaMismatch, TableError
-from schemas.records import ErrorRecord
+from schemas.records import KNOWN_BAD, ErrorRecord
 from schemas.tables import (
     ADDED_CHUNK_COLUMNS,
     ERRORS_SCHEMA,
@@ -313,12 +313,21 @@ def open_as_of(db, name: str, ref: str | int | None = None):
 
 
 def _bookkeeping_table(db, name: str, schema: pa.Schema):
-    if name in table_names(db):
-        return db.open_table(name)
-    try:
-        return db.create_table(name, schema=schema)
-    except ValueError:
-        return db.open_table(name)
+    """Open (or create) a bookkeeping table; one written by an older freshindex gains the
+    columns added since, all null, so old rows stay readable and new rows fit."""
+    if name not in table_names(db):
+        try:
+            return db.create_table(name, schema=schema)
+        except ValueError:
+            pass
+    table = db.open_table(name)
+    missing = [f for f in schema if f.name not in table.schema.names]
+    if missing:
+        try:
+            table.add_columns(pa.schema(missing))
+        except (ValueError, RuntimeError, OSError):  # added meanwhile by another writer
+            table = db.open_table(name)
+    return table
 
 
 def append_errors(db, run_id: str, table_name: str, errors: Sequence[ErrorRecord]) -> int:
@@ -338,6 +347,9 @@ def append_errors(db, run_id: str, table_name: str, errors: Sequence[ErrorRecord
             "partition": e.partition,
             "offset": e.offset,
             "occurred_at": now,
+            "content_hash": e.content_hash,
+            "fingerprint": e.fingerprint,
+            "permanent": e.permanent,
         }
         for e in errors
     ]
@@ -377,6 +389,34 @@ def read_errors(
         if (table_name is None or r["table_name"] == table_name)
         and (run_id is None or r["run_id"] == run_id)
     ]
+
+
+def read_known_failures(db, table_name: str, fingerprint: str) -> dict[tuple[str, str], str]:
+    """(doc_id, content_hash) -> reason, for every permanent failure a batch run recorded
+    for ``table_name`` under ``fingerprint``: those bytes are not parsed again."""
+    if ERRORS_TABLE not in table_names(db):
+        return {}
+    table = db.open_table(ERRORS_TABLE)
+    if not {"content_hash", "fingerprint", "permanent"} <= set(table.schema.names):
+        return {}  # written before failures were remembered
+    quote = chr(39)
+    where = (
+        f"permanent = true AND content_hash IS NOT NULL AND doc_id IS NOT NULL "
+        f"AND fingerprint = '{fingerprint.replace(quote, quote * 2)}' "
+        f"AND table_name = '{table_name.replace(quote, quote * 2)}'"
+    )
+    cols = ["doc_id", "content_hash", "error_class", "message", "occurred_at"]
+    rows = table.search().where(where).select(cols).limit(None).to_arrow().to_pylist()
+    known: dict[tuple[str, str], str] = {}
+    for row in sorted(rows, key=lambda r: r["occurred_at"]):
+        # A skip row already carries the original "Class: message"; never nest them.
+        reason = (
+            row["message"]
+            if row["error_class"] == KNOWN_BAD
+            else f"{row['error_class']}: {row['message']}"
+        )
+        known[(row["doc_id"], row["content_hash"])] = reason
+    return known
 
 
 def filesystem(uri: str):

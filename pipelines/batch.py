@@ -29,7 +29,7 @@ from pipelines.options import FreshIndexOptions
 from schemas.records import ErrorRecord
 from transforms.chunk import ChunkDocuments
 from transforms.embed import Embed
-from transforms.parse import Parse
+from transforms.parse import Parse, ReadKnownFailures, failure_fingerprint
 from transforms.plan import PlanChanges, ReadLedger, TableRef
 from transforms.read import ReadSource, SourceSpec, resolve_source
 from transforms.write import (
@@ -67,15 +67,27 @@ def _listed_but_unread(error: ErrorRecord):
         yield error.doc_id, None
 
 
-def build_ingest(p: beam.Pipeline, cfg: Config, source: SourceSpec, run: RunSpec):
-    """Compose the batch pipeline on ``p``; returns the PCollection of the run's manifest row."""
+def build_ingest(
+    p: beam.Pipeline, cfg: Config, source: SourceSpec, run: RunSpec, retry_failed: bool = False
+):
+    """Compose the batch pipeline on ``p``; returns the PCollection of the run's manifest row.
+
+    Documents that failed permanently before (same bytes, same settings) are not parsed
+    again unless ``retry_failed``.
+    """
     read = p | "Read" >> ReadSource(source)
     ledger = p | "Ledger" >> ReadLedger(run.table)
     failed = read.errors | "ListedButUnread" >> beam.FlatMap(_listed_but_unread)
     plan = {"refs": read.refs, "ledger": ledger, "failed": failed} | "Plan" >> PlanChanges(
         run.fingerprint, run.sync, source.namespace, source.owns
     )
-    parsed = plan.process | "Parse" >> Parse(cfg.parsing)
+    failures_fp = failure_fingerprint(cfg)
+    known_bad = (
+        None if retry_failed else p | "KnownBad" >> ReadKnownFailures(run.table, failures_fp)
+    )
+    parsed = plan.process | "Parse" >> Parse(
+        cfg.parsing, fingerprint=failures_fp, known_bad=known_bad
+    )
     chunked = parsed.docs | "Chunk" >> ChunkDocuments(cfg.chunking, cfg.embedding)
     embedded = chunked.chunked | "Embed" >> Embed(
         cfg.embedding, run.table, cfg.ingest.docs_per_batch
@@ -115,11 +127,13 @@ def run_ingest(
     run_id: str | None = None,
     *,
     allow_mass_delete: bool = False,
+    retry_failed: bool = False,
 ) -> dict[str, Any]:
     """Run one batch ingest to completion and return its manifest row (see ``runs`` table).
 
     ``allow_mass_delete`` lets a ``sync: full`` run delete more than
-    ``ingest.max_delete_fraction`` of the source's documents.
+    ``ingest.max_delete_fraction`` of the source's documents; ``retry_failed`` re-parses
+    documents remembered as permanently bad.
     """
     prepare_offline()
     spec = resolve_source(source, cfg.ingest.namespace)
@@ -154,7 +168,7 @@ def run_ingest(
     )
     options = PipelineOptions(beam_args or [])
     pipeline = beam.Pipeline(options=options)
-    build_ingest(pipeline, cfg, spec, run)
+    build_ingest(pipeline, cfg, spec, run, retry_failed)
     pipeline.run().wait_until_finish()
     rows = [
         r for r in store.read_runs(store.connect(cfg.db), cfg.table) if r["run_id"] == run.run_id
@@ -162,6 +176,14 @@ def run_ingest(
     if not rows:
         raise RuntimeError(f"run {run.run_id} finished without recording its manifest")
     return rows[0]
+
+
+def known_bad_note(row: dict[str, Any]) -> str:
+    """The summary's note on documents skipped as known bad (none in rows of older runs)."""
+    known_bad = row.get("docs_known_bad") or 0
+    if not known_bad:
+        return ""
+    return f" ({known_bad} known-bad skipped: unchanged since they failed; --retry-failed)"
 
 
 def format_summary(row: dict[str, Any], errors: Sequence[dict[str, Any]] = ()) -> str:
@@ -173,7 +195,8 @@ def format_summary(row: dict[str, Any], errors: Sequence[dict[str, Any]] = ()) -
         f"table {row['table_name']} version {row['table_version']} (tag {row['tag']})\n"
         f"  documents: {row['docs_seen']} seen, {row['docs_skipped']} skipped, "
         f"{row['docs_added']} added, {row['docs_updated']} updated, "
-        f"{row['docs_deleted']} deleted, {row['docs_failed']} failed\n"
+        f"{row['docs_deleted']} deleted, {row['docs_failed']} failed"
+        f"{known_bad_note(row)}\n"
         f"  chunks: {row['chunks_embedded']} embedded, {row['chunks_reused']} reused, "
         f"{row['chunks_written']} written; {rate:.1f} chunks/s embedded"
     ) + "".join(
@@ -229,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         argv if argv is not None else sys.argv[1:],
         opts.run_id,
         allow_mass_delete=bool(opts.allow_mass_delete),
+        retry_failed=bool(opts.retry_failed),
     )
     print(format_summary(row, store.read_errors(store.connect(cfg.db), run_id=row["run_id"])))
     message = failure_message(row, cfg)

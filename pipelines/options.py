@@ -37,6 +37,15 @@ class FreshIndexOptions(PipelineOptions):
             default=False,
             help="batch: let a full sync delete more than ingest.max_delete_fraction",
         )
+        parser.add_argument(
+            "--retry_failed",
+            "--retry-failed",
+            dest="retry_failed",
+            action="store_true",
+            default=False,
+            help="re-parse documents that failed permanently before with the same bytes "
+            "and settings (skipped otherwise)",
+        )
 
     def to_config(self) -> Config:
         """The typed config: defaults, the --config file, environment, then these flags."""

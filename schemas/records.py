@@ -8,14 +8,48 @@ becomes an ``ErrorRecord``.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
+
+# Caps on the free-form ``metadata`` object a source record (JSONL line, Kafka message)
+# carries: it is stored beside every chunk and returned by search, so a hostile producer
+# must not be able to make it deep enough to break a JSON encoder or large enough to bloat
+# the table.
+MAX_METADATA_DEPTH = 8  # nested objects/arrays, the metadata object itself counting as 1
+MAX_METADATA_BYTES = 16 * 1024  # its JSON encoding (UTF-8)
+
+# error_class of the errors row a batch run records for a document it did not parse because
+# the same bytes failed permanently under the same settings before (``--retry-failed``).
+KNOWN_BAD = "KnownBadSkipped"
 
 
 def sha256_hex(data: bytes | str) -> str:
     if isinstance(data, str):
         data = data.encode("utf-8")
     return hashlib.sha256(data).hexdigest()
+
+
+def check_metadata(obj: Any) -> None:
+    """Raise ValueError when ``obj`` nests deeper than MAX_METADATA_DEPTH or encodes to more
+    than MAX_METADATA_BYTES of JSON. Iterative, so no input can exhaust the stack.
+
+    >>> check_metadata({"team": "search", "tags": ["a", "b"]})
+    """
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list | tuple):
+            if depth > MAX_METADATA_DEPTH:
+                raise ValueError(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels")
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    try:
+        size = len(json.dumps(obj, ensure_ascii=False, default=str).encode("utf-8"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata is not JSON-encodable: {exc}") from None
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is {size} bytes of JSON, over {MAX_METADATA_BYTES}")
 
 
 @dataclass(frozen=True)
@@ -101,12 +135,18 @@ class ErrorRecord:
     topic: str | None = None
     partition: int | None = None
     offset: int | None = None
+    # Set by the parse step of a batch run: a ``permanent`` failure of these bytes
+    # (``content_hash``) under these settings (``fingerprint``) is not parsed again.
+    content_hash: str | None = None
+    fingerprint: str | None = None
+    permanent: bool = False
 
     @classmethod
     def from_exception(
         cls, stage: str, exc: BaseException, *, doc_id: str | None, source_uri: str | None, **kw
     ) -> ErrorRecord:
         message = str(exc).strip() or repr(exc)
+        kw.setdefault("permanent", bool(getattr(exc, "permanent", False)))
         return cls(
             stage=getattr(exc, "stage", None) or stage,
             error_class=type(exc).__name__,

@@ -88,6 +88,10 @@ ERRORS_SCHEMA = pa.schema(
         pa.field("partition", pa.int32()),
         pa.field("offset", pa.int64()),
         pa.field("occurred_at", _TS, nullable=False),
+        # the failure memory of batch runs (older tables gain these columns, all null)
+        pa.field("content_hash", pa.string()),
+        pa.field("fingerprint", pa.string()),
+        pa.field("permanent", pa.bool_()),
     ],
     metadata={f"{META_PREFIX}schema_version": SCHEMA_VERSION},
 )
@@ -115,6 +119,8 @@ RUNS_SCHEMA = pa.schema(
         pa.field("chunks_written", pa.int64()),
         pa.field("table_version", pa.int64()),
         pa.field("tag", pa.string()),
+        # documents not parsed because they failed permanently before (null in older rows)
+        pa.field("docs_known_bad", pa.int64()),
     ],
     metadata={f"{META_PREFIX}schema_version": SCHEMA_VERSION},
 )

@@ -20,7 +20,8 @@ import yaml
 from freshindex import store
 from freshindex.cli import rollback
 from freshindex.maintain import maintain
-from pipelines.batch import run_ingest
+from pipelines.batch import format_summary, run_ingest
+from pipelines.options import FreshIndexOptions
 from tests.conftest import DOCS, FIXTURES, ROOT, table_rows, write_corpus
 from transforms.write import FAULT_CRASH_AFTER_COMMIT
 
@@ -290,3 +291,78 @@ def test_two_sources_in_one_table_never_delete_each_other(fake_cfg, corpus, tmp_
     (other / "y.md").write_text("# Y\n\nstill another")
     assert ingest(fake_cfg, other)["docs_deleted"] == 1
     assert {r["doc_id"] for r in table_rows(fake_cfg.db)} == {*DOCS, "y.md"}
+
+
+def add_known_bad_files(corpus: Path) -> None:
+    (corpus / "bad").mkdir(exist_ok=True)
+    (corpus / "bad/corrupt.pdf").write_bytes(b"%PDF-1.4\n damaged beyond repair\n")
+    (corpus / "bad/empty.md").write_bytes(b"")
+
+
+def classes_by_doc(cfg, row) -> dict[str, str]:
+    errors = store.read_errors(store.connect(cfg.db), run_id=row["run_id"])
+    return {e["doc_id"]: e["error_class"] for e in errors}
+
+
+def test_known_bad_files_are_skipped_until_their_bytes_or_the_settings_change(fake_cfg, corpus):
+    add_known_bad_files(corpus)
+    first = ingest(fake_cfg, corpus, max_failure_fraction=0.9)
+    assert classes_by_doc(fake_cfg, first) == {
+        "bad/corrupt.pdf": "CorruptDocument",
+        "bad/empty.md": "EmptyDocument",
+    }
+    assert first["docs_known_bad"] == 0
+    remembered = store.read_errors(store.connect(fake_cfg.db), run_id=first["run_id"])
+    assert all(e["permanent"] and e["content_hash"] and e["fingerprint"] for e in remembered)
+
+    # unchanged: not parsed again, but still failing, visibly
+    again = ingest(fake_cfg, corpus, max_failure_fraction=0.9)
+    assert classes_by_doc(fake_cfg, again) == {
+        "bad/corrupt.pdf": "KnownBadSkipped",
+        "bad/empty.md": "KnownBadSkipped",
+    }
+    assert again["docs_known_bad"] == 2 and again["docs_failed"] == 2
+    assert "2 known-bad skipped" in format_summary(again)
+    skipped = store.read_errors(store.connect(fake_cfg.db), run_id=again["run_id"])
+    assert all(e["message"].startswith(("CorruptDocument: ", "EmptyDocument: ")) for e in skipped)
+
+    # --retry-failed parses them again
+    retried = run_ingest(fake_cfg, str(corpus), [], retry_failed=True)
+    assert set(classes_by_doc(fake_cfg, retried).values()) == {"CorruptDocument", "EmptyDocument"}
+    assert retried["docs_known_bad"] == 0
+
+    # new bytes are parsed (and fixed ones indexed); the unchanged one stays skipped
+    (corpus / "bad/corrupt.pdf").write_bytes(b"%PDF-1.4\n damaged differently\n")
+    (corpus / "bad/empty.md").write_text("# Fixed\n\nNow it has text.")
+    changed = ingest(fake_cfg, corpus, max_failure_fraction=0.9)
+    assert classes_by_doc(fake_cfg, changed) == {"bad/corrupt.pdf": "CorruptDocument"}
+    assert changed["docs_added"] == 1 and changed["docs_known_bad"] == 0
+    assert ingest(fake_cfg, corpus, max_failure_fraction=0.9)["docs_known_bad"] == 1
+
+    # a parsing setting changed: the remembered failure no longer holds
+    looser = dataclasses.replace(
+        fake_cfg, parsing=dataclasses.replace(fake_cfg.parsing, max_file_mb=60)
+    )
+    assert ingest(looser, corpus, max_failure_fraction=0.9)["docs_known_bad"] == 0
+
+
+def test_retry_failed_flag_of_the_cli_and_of_the_batch_module(fake_cfg, corpus, tmp_path):
+    add_known_bad_files(corpus)
+    ingest(fake_cfg, corpus, max_failure_fraction=0.9)
+    cfg_file = write_cfg_file(fake_cfg, tmp_path / "cfg.yaml", max_failure_fraction=0.9)
+    cli = cli_ingest(cfg_file, corpus, "--retry-failed")
+    out, _ = cli.communicate(timeout=600)
+    assert cli.returncode == 0, out
+    assert "known-bad" not in out and "2 failed" in out
+    batch = subprocess.run(
+        [sys.executable, "-m", "pipelines.batch", "--config", cfg_file, "--source", corpus],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert batch.returncode == 0, batch.stderr
+    assert "2 known-bad skipped" in batch.stdout
+    for flag in ("--retry_failed", "--retry-failed"):
+        assert FreshIndexOptions([flag]).view_as(FreshIndexOptions).retry_failed is True
+    assert FreshIndexOptions([]).view_as(FreshIndexOptions).retry_failed is False

@@ -47,6 +47,19 @@ def test_scanned_pdf_without_text_layer_is_an_empty_document():
     assert "OCR" in err.value.hint
 
 
+@pytest.mark.parametrize(
+    "data",
+    [b"%PDF-1.4\n garbage garbage\n", b"not a pdf at all" * 10, b"%PDF-1.7\n%%EOF\n"],
+    ids=["damaged", "not-a-pdf", "no-pages"],
+)
+def test_an_unreadable_pdf_is_corrupt_not_scanned(tmp_path, data):
+    bad = tmp_path / "broken.pdf"
+    bad.write_bytes(data)
+    with pytest.raises(CorruptDocument, match="PDF") as err:
+        parse_file(bad)
+    assert "OCR" not in str(err.value) and "scanned" not in str(err.value)
+
+
 def test_corrupt_and_empty_files_raise_document_errors(tmp_path):
     bad = tmp_path / "broken.pdf"
     bad.write_bytes(b"%PDF-1.7\nthis is not really a pdf\n")
@@ -54,7 +67,7 @@ def test_corrupt_and_empty_files_raise_document_errors(tmp_path):
         parse_file(bad)
     bad_docx = tmp_path / "broken.docx"
     bad_docx.write_bytes(b"PK\x03\x04 truncated zip")
-    with pytest.raises(CorruptDocument, match="parser failed"):
+    with pytest.raises(CorruptDocument, match="not a readable DOCX"):
         parse_file(bad_docx)
     empty = tmp_path / "empty.md"
     empty.write_bytes(b"")

@@ -21,7 +21,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
 
 from freshindex.errors import SourceError
-from schemas.records import ErrorRecord, SourceRef, sha256_hex
+from schemas.records import ErrorRecord, SourceRef, check_metadata, sha256_hex
 from transforms.parse import RECORD_CONTENT_TYPE, content_type_for
 from transforms.source_io import inside_root, is_local, open_regular
 
@@ -192,8 +192,12 @@ class _RefFromFile(beam.DoFn):
 
 
 def ref_from_record(line: str, source_uri: str) -> SourceRef:
-    """One BEIR-style JSONL record -> SourceRef; raises ValueError on a bad record."""
-    record = json.loads(line)
+    """One BEIR-style JSONL record -> SourceRef; raises ValueError on a bad record
+    (including ``metadata`` over the caps of ``schemas.records.check_metadata``)."""
+    try:
+        record = json.loads(line)
+    except RecursionError:
+        raise ValueError("the record nests too deeply to decode") from None
     if not isinstance(record, dict):
         raise ValueError("a JSONL record must be an object")
     doc_id = record.get("_id", record.get("id", record.get("doc_id")))
@@ -204,6 +208,10 @@ def ref_from_record(line: str, source_uri: str) -> SourceRef:
         raise ValueError(f"record {doc_id} has no text string")
     title = record.get("title") or None
     metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+    try:
+        check_metadata(metadata)
+    except ValueError as exc:
+        raise ValueError(f"record {doc_id}: {exc}") from None
     canonical = json.dumps(
         {"title": title, "text": text, "metadata": metadata}, sort_keys=True, ensure_ascii=False
     )

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from freshindex import store
 from freshindex.config import MaintenanceConfig
-from schemas.records import EmbeddedDocument, ErrorRecord
+from schemas.records import KNOWN_BAD, EmbeddedDocument, ErrorRecord
 from schemas.tables import chunks_schema
 from transforms.plan import Owns, TableRef, may_write, namespace_conflict
 
@@ -425,6 +425,7 @@ def commit_run(
         "chunks_written": result.rows,
         "table_version": final_version,
         "tag": tag,
+        "docs_known_bad": sum(1 for e in errors if e.error_class == KNOWN_BAD),
     }
     errors.extend(notices)
     if spec.maintenance is not None and (result.rows or result.docs_deleted):
