@@ -138,3 +138,36 @@ def test_a_fifo_or_folder_is_refused_without_blocking(tmp_path):
     assert "is not a regular file" in errors[0].message
     with pytest.raises(UnsupportedFormat, match="not a regular file"):
         read_bytes(str(tmp_path), 100)
+
+
+def test_a_file_swapped_after_it_was_hashed_is_refused_not_indexed(tmp_path):
+    """The batch hashes a file when it lists it and reads it again to parse: bytes that differ
+    from the planned hash (a file rewritten, or swapped for a link to a secret) are refused
+    as a transient error and retried on the next run."""
+    from transforms.parse import _ParseFn
+
+    path = tmp_path / "guide.md"
+    path.write_text("# Guide\n\nThe planned text.\n")
+    ref = SourceRef(
+        doc_id="guide.md",
+        source_uri=str(path),
+        content_hash=sha256_hex(path.read_bytes()),
+        content_type="text/markdown",
+        size=path.stat().st_size,
+    )
+    secret = tmp_path / "secret.md"
+    secret.write_text("# Secret\n\nAPI_KEY=hunter2\n")
+    path.unlink()
+    path.symlink_to(secret)
+
+    fn = _ParseFn(ParsingConfig(), fingerprint="fp")
+    fn.setup()
+    try:
+        out = list(fn.process(ref))
+    finally:
+        fn.teardown()
+    assert len(out) == 1
+    error = out[0].value  # a TaggedOutput: no Document was produced
+    assert error.error_class == "SourceChanged"
+    assert not error.permanent
+    assert "hunter2" not in error.message
