@@ -422,7 +422,7 @@ class ReadKnownFailures(beam.PTransform):
 
 
 class _ParseFn(beam.DoFn):
-    def __init__(self, cfg: ParsingConfig, fingerprint: str | None):
+    def __init__(self, cfg: ParsingConfig, fingerprint: str | None = None):
         self._cfg, self._fingerprint = cfg, fingerprint
         self._parsed = beam.metrics.Metrics.counter("freshindex", "docs_parsed")
         self._known_bad = beam.metrics.Metrics.counter("freshindex", "docs_known_bad")
