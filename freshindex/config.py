@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.resources
 import json
 import os
 from dataclasses import dataclass, field
@@ -19,10 +20,11 @@ from typing import Any
 import yaml
 
 from freshindex.errors import ConfigError
-from schemas.tables import RESERVED_TABLES
+from freshindex.schemas.tables import RESERVED_TABLES
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
+# The shipped configuration is package data of freshindex.configs: a wheel has it too.
+CONFIGS_DIR = Path(str(importlib.resources.files("freshindex.configs")))
+DEFAULT_CONFIG = CONFIGS_DIR / "default.yaml"
 
 # Bumped when parsing or chunking changes in a way that changes chunk text: every
 # document is then re-processed on the next run, because its fingerprint changes.

@@ -158,7 +158,7 @@ def evaluate(
 
 def table_retriever(db_uri: str, table: str, as_of, *, chunk_k: int, **options) -> Retriever:
     """Retrieval through the query layer, pinned to one version for every query."""
-    from query.retrieval import IndexReader, retrieve_batch
+    from freshindex.query.retrieval import IndexReader, retrieve_batch
 
     reader = IndexReader.open(db_uri, table)
     pinned = reader.pinned(as_of)
@@ -188,7 +188,7 @@ def run_eval(
     dataset = load_beir(dataset_dir, split)
     ingest_row = None
     if ingest and as_of is None:
-        from pipelines.batch import run_ingest
+        from freshindex.pipelines.batch import run_ingest
 
         ingest_row = run_ingest(cfg, str(dataset.corpus), beam_args or [])
         log(
@@ -239,7 +239,7 @@ def tune_fusion(
     Vector and FTS candidates are retrieved once per query; each grid point only re-fuses
     them (the same weighted RRF the query layer runs). Tune on ``train``, report ``test``.
     """
-    from query.retrieval import fuse
+    from freshindex.query.retrieval import fuse
 
     dataset = load_beir(dataset_dir, split)
     retriever = table_retriever(cfg.db, cfg.table, None, chunk_k=chunk_k)
@@ -327,7 +327,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 def cmd_eval(args, beam_args) -> int:
     from freshindex.cli import config_from_args
-    from pipelines.batch import configure_logging
+    from freshindex.pipelines.batch import configure_logging
 
     configure_logging()
     cfg = config_from_args(args)
@@ -335,7 +335,7 @@ def cmd_eval(args, beam_args) -> int:
     tuning = None
     if args.tune_on:
         if not args.no_ingest and args.as_of is None:
-            from pipelines.batch import run_ingest
+            from freshindex.pipelines.batch import run_ingest
 
             run_ingest(cfg, str(load_beir(args.dataset, args.tune_on).corpus), beam_args)
         tuning = tune_fusion(cfg, args.dataset, split=args.tune_on, chunk_k=args.chunk_k)

@@ -253,7 +253,7 @@ def maintain(
     report.bytes_after = disk_bytes(db_uri, table_name)
     report.seconds = time.monotonic() - started
     if record:
-        from pipelines.batch import new_run_id
+        from freshindex.pipelines.batch import new_run_id
 
         store.append_run(
             db,

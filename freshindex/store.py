@@ -21,8 +21,8 @@ from urllib.parse import urlparse
 import pyarrow as pa
 
 from freshindex.errors import SchemaMismatch, TableError
-from schemas.records import KNOWN_BAD, ErrorRecord
-from schemas.tables import (
+from freshindex.schemas.records import KNOWN_BAD, ErrorRecord
+from freshindex.schemas.tables import (
     ADDED_CHUNK_COLUMNS,
     ERRORS_SCHEMA,
     ERRORS_TABLE,
@@ -486,8 +486,9 @@ def ledger_of(table, doc_ids: Iterable[str]) -> dict[str, LedgerEntry]:
 
 
 def append_stream_batch(db, row: dict[str, Any]) -> None:
-    """Record one committed micro-batch of the stream (schemas.messages.STREAM_BATCHES_SCHEMA)."""
-    from schemas.messages import STREAM_BATCHES_SCHEMA
+    """Record one committed micro-batch of the stream
+    (``freshindex.schemas.messages.STREAM_BATCHES_SCHEMA``)."""
+    from freshindex.schemas.messages import STREAM_BATCHES_SCHEMA
 
     full = {name: row.get(name) for name in STREAM_BATCHES_SCHEMA.names}
     _bookkeeping_table(db, STREAM_BATCHES_TABLE, STREAM_BATCHES_SCHEMA).add(

@@ -1,6 +1,7 @@
 """Batch re-indexing: files or a JSONL corpus -> the versioned LanceDB chunks table.
 
-    python -m pipelines.batch --source docs/ --table docs [--db URI] [--sync full|append] \
+    python -m freshindex.pipelines.batch --source docs/ --table docs [--db URI] \
+        [--sync full|append] \
         [--namespace NS] [--allow_mass_delete] \
         [--runner DirectRunner --direct_num_workers 2 --direct_running_mode multi_processing]
 
@@ -24,15 +25,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from freshindex import store
 from freshindex.config import Config
 from freshindex.embedding import resolve_dtype
+from freshindex.pipelines.options import FreshIndexOptions
 from freshindex.runtime import prepare_offline
-from pipelines.options import FreshIndexOptions
-from schemas.records import ErrorRecord
-from transforms.chunk import ChunkDocuments
-from transforms.embed import Embed
-from transforms.parse import Parse, ReadKnownFailures, failure_fingerprint
-from transforms.plan import PlanChanges, ReadLedger, TableRef
-from transforms.read import ReadSource, SourceSpec, resolve_source
-from transforms.write import (
+from freshindex.schemas.records import ErrorRecord
+from freshindex.transforms.chunk import ChunkDocuments
+from freshindex.transforms.embed import Embed
+from freshindex.transforms.parse import Parse, ReadKnownFailures, failure_fingerprint
+from freshindex.transforms.plan import PlanChanges, ReadLedger, TableRef
+from freshindex.transforms.read import ReadSource, SourceSpec, resolve_source
+from freshindex.transforms.write import (
     DELETES_WITHHELD,
     MASS_DELETE_REFUSED,
     REFUSED_MASS_DELETE,

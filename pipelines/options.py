@@ -67,8 +67,8 @@ class FreshIndexOptions(PipelineOptions):
 
 
 class StreamOptions(PipelineOptions):
-    """Flags of the streaming pipeline (``python -m pipelines.stream``); the table, model and
-    chunking flags come from FreshIndexOptions. Kafka flags not given fall back to the
+    """Flags of the streaming pipeline (``python -m freshindex.pipelines.stream``); the table,
+    model and chunking flags come from FreshIndexOptions. Kafka flags not given fall back to the
     environment (KAFKA_BOOTSTRAP_SERVERS), then to the defaults of ``StreamConfig``."""
 
     @classmethod

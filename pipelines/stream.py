@@ -1,7 +1,7 @@
 """Streaming updates: Kafka topics -> the versioned LanceDB chunks table, one commit per
 micro-batch.
 
-    python -m pipelines.stream --streaming --topics docs --table docs [--db URI] \
+    python -m freshindex.pipelines.stream --streaming --topics docs --table docs [--db URI] \
         [--kafka_bootstrap_servers host:9092] [--group_id G] [--batch_interval_s 1] \
         [--stop_at_end | --duration_s S] [--dead_letter_topic docs.dlq] \
         [--allow_uri_messages --allowed_uri_prefix /srv/docs]
@@ -10,8 +10,8 @@ ReadKafkaPartitions (transforms/kafka_io.py) -> IndexMicroBatches: a stateful st
 single key, so micro-batches are applied one at a time and in offset order. Each one:
 
 decode (schemas/messages.py) -> last message per document -> plan against the table's
-ledger (``transforms.plan.decide``) -> parse -> chunk -> embed (stored vectors reused)
--> **one** commit (``transforms.write.commit_changes`` under ``store.commit_lock``, the
+ledger (``freshindex.transforms.plan.decide``) -> parse -> chunk -> embed (stored vectors reused)
+-> **one** commit (``freshindex.transforms.write.commit_changes`` under ``store.commit_lock``, the
 lock batch runs take too) -> dead letters and errors -> the batch's offsets recorded
 (``stream_batches``) -> offsets committed to Kafka. Why this order makes a crash at any
 point safe is argued in docs/STREAMING.md. Every per-message and per-document step is
@@ -50,10 +50,10 @@ from apache_beam.utils.timestamp import Timestamp
 from freshindex import store
 from freshindex.config import Config, check_namespace, normalize_uri_prefix
 from freshindex.errors import ConfigError, UnsupportedFormat
+from freshindex.pipelines.batch import configure_logging, current_version, new_run_id, run_settings
+from freshindex.pipelines.options import FreshIndexOptions, StreamOptions
 from freshindex.runtime import prepare_offline
-from pipelines.batch import configure_logging, current_version, new_run_id, run_settings
-from pipelines.options import FreshIndexOptions, StreamOptions
-from schemas.messages import (
+from freshindex.schemas.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DELETE,
     DocumentMessage,
@@ -62,10 +62,16 @@ from schemas.messages import (
     decode_message,
     last_per_document,
 )
-from schemas.records import ChunkedDocument, EmbeddedDocument, ErrorRecord, SourceRef, sha256_hex
-from transforms.chunk import chunk_document
-from transforms.embed import VectorReuse, embed_documents
-from transforms.kafka_io import (
+from freshindex.schemas.records import (
+    ChunkedDocument,
+    EmbeddedDocument,
+    ErrorRecord,
+    SourceRef,
+    sha256_hex,
+)
+from freshindex.transforms.chunk import chunk_document
+from freshindex.transforms.embed import VectorReuse, embed_documents
+from freshindex.transforms.kafka_io import (
     DeadLetterProducer,
     KafkaOffsets,
     KafkaSpec,
@@ -77,14 +83,14 @@ from transforms.kafka_io import (
     reset_stop,
     resolve_start_offsets,
 )
-from transforms.parse import (
+from freshindex.transforms.parse import (
     CONTENT_TYPES,
     content_type_for,
     max_file_bytes,
     parse_document,
     read_bytes,
 )
-from transforms.plan import (
+from freshindex.transforms.plan import (
     ERRORS,
     PROCESS,
     SKIPPED,
@@ -95,9 +101,9 @@ from transforms.plan import (
     namespace_conflict,
     with_source,
 )
-from transforms.read import ref_from_record
-from transforms.source_io import SourceNotAllowed, resolve_allowed
-from transforms.write import commit_changes, rows_for
+from freshindex.transforms.read import ref_from_record
+from freshindex.transforms.source_io import SourceNotAllowed, resolve_allowed
+from freshindex.transforms.write import commit_changes, rows_for
 
 log = logging.getLogger("freshindex.stream")
 
@@ -194,7 +200,7 @@ def stream_config(
 
 def stream_config_from_flags(cfg: Config, flags: Any) -> StreamConfig:
     """``stream_config`` from parsed flags named as in ``StreamOptions``: the Beam options of
-    ``python -m pipelines.stream``, or the arguments of ``freshindex stream``."""
+    ``python -m freshindex.pipelines.stream``, or the arguments of ``freshindex stream``."""
     return stream_config(
         cfg,
         topics=flags.topics,
@@ -527,7 +533,7 @@ class BatchIndexer:
 
     def _plan(self, latest: list[DocumentMessage], table, stats: BatchStats, errors):
         """(deletes, updated doc ids, [(message, SourceRef, bytes)] to process), decided
-        against the table's ledger like a batch run plans (``transforms.plan.decide``).
+        against the table's ledger like a batch run plans (``freshindex.transforms.plan.decide``).
         An upsert or delete of a document another namespace owns is refused (an errors
         row), before the message's content is read."""
         ledger = store.ledger_of(table, [m.doc_id for m in latest]) if table is not None else {}

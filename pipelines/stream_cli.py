@@ -20,8 +20,12 @@ import sys
 
 def cmd_stream(args, beam_args: list[str]) -> int:
     from freshindex.cli import _json_default, config_from_args
-    from pipelines.batch import configure_logging
-    from pipelines.stream import format_stream_summary, run_stream, stream_config_from_flags
+    from freshindex.pipelines.batch import configure_logging
+    from freshindex.pipelines.stream import (
+        format_stream_summary,
+        run_stream,
+        stream_config_from_flags,
+    )
 
     configure_logging(args.verbose)
     cfg = config_from_args(args)
@@ -41,8 +45,8 @@ def _file_messages(source: str):
     """(doc id, uri) of every supported file of a folder, glob or file, as batch reads them."""
     from apache_beam.io.filesystems import FileSystems
 
-    from transforms.parse import content_type_for
-    from transforms.read import doc_id_for, resolve_source
+    from freshindex.transforms.parse import content_type_for
+    from freshindex.transforms.read import doc_id_for, resolve_source
 
     spec = resolve_source(source)
     for meta in FileSystems.match([spec.pattern])[0].metadata_list:
@@ -58,8 +62,8 @@ def _file_messages(source: str):
 
 def messages_for(args):
     """(key, value) pairs for ``freshindex publish``."""
-    from schemas.messages import encode_message
-    from transforms.read import JSONL_SUFFIXES, ref_from_record
+    from freshindex.schemas.messages import encode_message
+    from freshindex.transforms.read import JSONL_SUFFIXES, ref_from_record
 
     for doc_id in args.delete or ():
         yield encode_message(doc_id, delete=True)
@@ -90,9 +94,9 @@ def messages_for(args):
 
 def cmd_publish(args, _beam_args) -> int:
     from freshindex.errors import ConfigError
-    from pipelines.stream import DEFAULT_BOOTSTRAP
-    from transforms.kafka_io import KafkaSpec, new_producer, parse_client_options
-    from transforms.read import JSONL_SUFFIXES
+    from freshindex.pipelines.stream import DEFAULT_BOOTSTRAP
+    from freshindex.transforms.kafka_io import KafkaSpec, new_producer, parse_client_options
+    from freshindex.transforms.read import JSONL_SUFFIXES
 
     if args.text is not None and not args.doc_id:
         raise ConfigError("--text needs --doc-id (the message key)")
@@ -135,7 +139,8 @@ def register_cli(subparsers) -> None:
         "SIGTERM/Ctrl-C after the current micro-batch, with a run summary. "
         "See docs/STREAMING.md.",
     )
-    # dests as in pipelines.options.StreamOptions: one stream_config_from_flags serves both
+    # dests as in freshindex.pipelines.options.StreamOptions: one stream_config_from_flags
+    # serves both
     p.add_argument("--topic", dest="topics", action="append", required=True, help="repeatable")
     add_common_args(p)
     p.add_argument(

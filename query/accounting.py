@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from query.types import CallRecord
+from freshindex.query.types import CallRecord
 
 
 class Ledger:

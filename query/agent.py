@@ -27,14 +27,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from query.accounting import Ledger
-from query.config import QueryConfig
-from query.context import assemble_context, render, system_prompt
-from query.errors import FreshIndexError, NoRoute, QueryError
-from query.filters import parse_filters
-from query.gateway import ModelGateway
-from query.retrieval import PinnedTable, retrieve
-from query.types import (
+from freshindex.query.accounting import Ledger
+from freshindex.query.config import QueryConfig
+from freshindex.query.context import assemble_context, render, system_prompt
+from freshindex.query.errors import FreshIndexError, NoRoute, QueryError
+from freshindex.query.filters import parse_filters
+from freshindex.query.gateway import ModelGateway
+from freshindex.query.retrieval import PinnedTable, retrieve
+from freshindex.query.types import (
     MODES,
     SCAN_CAPPED_WARNING,
     AgentResult,

@@ -5,7 +5,7 @@
 Auth: when ``api.api_key_env`` names an environment variable, every endpoint but ``/health``
 and the OpenAPI pages wants its value in ``X-API-Key`` (or ``Authorization: Bearer ...``).
 The key, the per-client rate and concurrency limits and the body size are checked by
-``query.guard.RequestGuard`` before the body is read.
+``freshindex.query.guard.RequestGuard`` before the body is read.
 Errors are JSON ``{"detail": ..., "hint": ...}``: 401 no or wrong key, 404 unknown version,
 tag, run or table, 413 body too large, 422 a request past a limit (query length, k, agent
 steps, filters) or malformed (the input is never echoed), 429 too many requests (with
@@ -13,7 +13,7 @@ steps, filters) or malformed (the input is never echoed), 429 too many requests 
 serve the call, 504 the request ran past ``gateway.request_deadline_s``. Messages sent to
 clients carry no server paths or URLs; the details go to the server log.
 
-    uvicorn --factory query.api:app_from_env     # or: freshindex serve
+    uvicorn --factory freshindex.query.api:app_from_env     # or: freshindex serve
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from freshindex.errors import ConfigError, FreshIndexError, TableError
-from query.errors import (
+from freshindex.query.errors import (
     DeadlineExceeded,
     FilterError,
     LimitExceeded,
@@ -38,9 +38,9 @@ from query.errors import (
     ProviderError,
     QueryError,
 )
-from query.filters import MAX_FIELD_CHARS, MAX_FILTER_CHARS, MAX_OP_CHARS
-from query.guard import RequestGuard, scrub
-from query.service import QueryService
+from freshindex.query.filters import MAX_FIELD_CHARS, MAX_FILTER_CHARS, MAX_OP_CHARS
+from freshindex.query.guard import RequestGuard, scrub
+from freshindex.query.service import QueryService
 
 log = logging.getLogger(__name__)
 
@@ -385,8 +385,8 @@ def create_app(
 
 
 def app_from_env() -> FastAPI:
-    """For ``uvicorn --factory query.api:app_from_env``: config from the environment."""
+    """For ``uvicorn --factory freshindex.query.api:app_from_env``: config from the environment."""
     from freshindex.config import load_config
-    from query.config import load_query_config
+    from freshindex.query.config import load_query_config
 
     return create_app(QueryService(load_config(), load_query_config()))

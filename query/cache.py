@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from query.types import ChatRequest, ChatResponse, Citation, ToolCall, Usage
+from freshindex.query.types import ChatRequest, ChatResponse, Citation, ToolCall, Usage
 
 
 def cache_key(provider: str, model: str, request: ChatRequest, salt: str = "") -> str:

@@ -23,8 +23,8 @@ MODES = ("vector", "fts", "hybrid")
 
 
 def _service(args):
-    from query.config import load_query_config
-    from query.service import QueryService
+    from freshindex.query.config import load_query_config
+    from freshindex.query.service import QueryService
 
     overrides = {}
     if getattr(args, "no_cache", False):
@@ -79,7 +79,7 @@ def _citation_lines(citations) -> None:
 
 
 def cmd_ask(args, _beam_args) -> int:
-    from query.accounting import format_summary
+    from freshindex.query.accounting import format_summary
 
     svc = _service(args)
     answer = svc.ask(
@@ -104,7 +104,7 @@ def cmd_ask(args, _beam_args) -> int:
 
 
 def cmd_agent(args, _beam_args) -> int:
-    from query.accounting import format_summary
+    from freshindex.query.accounting import format_summary
 
     svc = _service(args)
     result = svc.agent(
@@ -143,8 +143,8 @@ def cmd_agent(args, _beam_args) -> int:
 def cmd_serve(args, _beam_args) -> int:
     import uvicorn
 
-    from query.api import create_app
-    from query.guard import check_bind
+    from freshindex.query.api import create_app
+    from freshindex.query.guard import check_bind
 
     svc = _service(args)
     api = svc.qcfg.api

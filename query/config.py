@@ -17,11 +17,11 @@ from typing import Any
 
 import yaml
 
-from freshindex.config import PROJECT_ROOT, _merge, _set_dotted
+from freshindex.config import CONFIGS_DIR, _merge, _set_dotted
 from freshindex.errors import ConfigError
-from query.types import MODES
+from freshindex.query.types import MODES
 
-DEFAULT_QUERY_CONFIG = PROJECT_ROOT / "configs" / "query.yaml"
+DEFAULT_QUERY_CONFIG = CONFIGS_DIR / "query.yaml"
 QUERY_CONFIG_ENV = "FRESHINDEX_QUERY_CONFIG"
 PROVIDER_KINDS = ("extractive", "openai-compatible")
 
@@ -57,7 +57,9 @@ class RetrievalConfig:
 @dataclass(frozen=True)
 class ContextConfig:
     max_tokens: int = 1500
-    prompts_dir: str = "configs/prompts"
+    # "prompts": the shipped templates; another relative path is relative to the working
+    # directory, as any path a user gives
+    prompts_dir: str = "prompts"
 
     def __post_init__(self) -> None:
         if self.max_tokens < 32:
@@ -65,8 +67,9 @@ class ContextConfig:
 
     @property
     def prompts_path(self) -> Path:
-        path = Path(self.prompts_dir)
-        return path if path.is_absolute() else PROJECT_ROOT / path
+        if self.prompts_dir in ("prompts", "configs/prompts"):  # the second: older configs
+            return CONFIGS_DIR / "prompts"
+        return Path(self.prompts_dir).resolve()
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from freshindex.errors import ConfigError
-from query.types import Citation, Hit, Message
+from freshindex.query.types import Citation, Hit, Message
 
 _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 _MARKER = re.compile(r"\[(\d{1,3})\]")

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from query.errors import FilterError
+from freshindex.query.errors import FilterError
 
 STR, INT, TS, JSON = "string", "int", "timestamp", "json"
 

@@ -31,13 +31,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from query.accounting import Ledger
-from query.cache import ResponseCache, cache_key
-from query.config import GatewayConfig, QueryConfig
-from query.context import estimate_messages
-from query.errors import DeadlineExceeded, NoRoute, ProviderError, RateLimited
-from query.providers.base import Provider, build_provider
-from query.types import CallRecord, ChatRequest, ChatResponse
+from freshindex.query.accounting import Ledger
+from freshindex.query.cache import ResponseCache, cache_key
+from freshindex.query.config import GatewayConfig, QueryConfig
+from freshindex.query.context import estimate_messages
+from freshindex.query.errors import DeadlineExceeded, NoRoute, ProviderError, RateLimited
+from freshindex.query.providers.base import Provider, build_provider
+from freshindex.query.types import CallRecord, ChatRequest, ChatResponse
 
 log = logging.getLogger(__name__)
 

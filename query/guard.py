@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from freshindex.errors import ConfigError
-from query.config import ApiConfig
+from freshindex.query.config import ApiConfig
 
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 UNLIMITED_PATHS = frozenset({"/health"})  # probes are never rate limited

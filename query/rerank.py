@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from freshindex.errors import ConfigError
-from query.types import Hit
+from freshindex.query.types import Hit
 
 VectorLookup = Callable[[Sequence[str]], dict[str, np.ndarray]]
 

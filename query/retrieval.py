@@ -10,7 +10,7 @@
 * **hybrid**: weighted reciprocal rank fusion of both candidate lists,
   ``score = sum(weight_mode / (rrf_k + rank_mode))``.
 
-Filters are structured (see ``query.filters``); ``as_of`` takes a version, tag or run id.
+Filters are structured (see ``freshindex.query.filters``); ``as_of`` takes a version, tag or run id.
 Every hit carries its text, doc id, source, score and the table version it was read from.
 
 Example::
@@ -39,12 +39,12 @@ import pyarrow as pa
 
 from freshindex import store
 from freshindex.config import EmbeddingConfig
-from query.config import RetrievalConfig
-from query.errors import QueryError
-from query.filters import Filter, arrow_mask, matches_row, parse_filters, split, to_expr
-from query.rerank import Reranker, get_reranker
-from query.types import MODES, Hit, Scanned, parse_metadata
-from schemas.tables import table_metadata
+from freshindex.query.config import RetrievalConfig
+from freshindex.query.errors import QueryError
+from freshindex.query.filters import Filter, arrow_mask, matches_row, parse_filters, split, to_expr
+from freshindex.query.rerank import Reranker, get_reranker
+from freshindex.query.types import MODES, Hit, Scanned, parse_metadata
+from freshindex.schemas.tables import table_metadata
 
 log = logging.getLogger(__name__)
 
@@ -748,7 +748,8 @@ def retrieve(
     ``target`` is an ``IndexReader`` or ``PinnedTable`` (reuse one across queries), a LanceDB
     table handle (read at its checked-out version), or a db URI/connection with
     ``table=NAME``. ``mode``: vector | fts | hybrid (default from config). ``filters``: see
-    ``query.filters``. ``as_of``: version number, tag or run id. Keyword options: ``weights``
+    ``freshindex.query.filters``. ``as_of``: version number, tag or run id. Keyword options:
+    ``weights``
     ({"vector": w, "fts": w}), ``rrf_k``, ``candidates`` (per mode before fusion),
     ``reranker`` ("mmr" or a Reranker), ``query_vectors`` (skip embedding), ``config``.
     """

@@ -18,15 +18,15 @@ from typing import Any
 
 from freshindex import store
 from freshindex.config import Config
-from query.accounting import Ledger
-from query.agent import Agent
-from query.config import QueryConfig
-from query.context import assemble_context, citations_from_text, render
-from query.errors import LimitExceeded, QueryError
-from query.filters import parse_filters
-from query.gateway import ModelGateway
-from query.retrieval import IndexReader, PinnedTable, retrieve
-from query.types import MODES, SCAN_CAPPED_WARNING, AgentResult, Answer, ChatRequest, Hit
+from freshindex.query.accounting import Ledger
+from freshindex.query.agent import Agent
+from freshindex.query.config import QueryConfig
+from freshindex.query.context import assemble_context, citations_from_text, render
+from freshindex.query.errors import LimitExceeded, QueryError
+from freshindex.query.filters import parse_filters
+from freshindex.query.gateway import ModelGateway
+from freshindex.query.retrieval import IndexReader, PinnedTable, retrieve
+from freshindex.query.types import MODES, SCAN_CAPPED_WARNING, AgentResult, Answer, ChatRequest, Hit
 
 
 @dataclass(frozen=True)

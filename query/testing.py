@@ -188,7 +188,7 @@ def build_index(folder: Path, model: str = "fake-hash") -> tuple[Any, list[dict]
     (config, the two run manifest rows)."""
     import dataclasses
 
-    from pipelines.batch import run_ingest
+    from freshindex.pipelines.batch import run_ingest
 
     corpus = folder / "corpus"
     for rel, text in DOCS.items():

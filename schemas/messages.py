@@ -41,7 +41,7 @@ from typing import Any
 import pyarrow as pa
 
 from freshindex.errors import DocumentError
-from schemas.tables import META_PREFIX, SCHEMA_VERSION
+from freshindex.schemas.tables import META_PREFIX, SCHEMA_VERSION
 
 MESSAGE_SCHEMA_VERSION = 1
 UPSERT, DELETE = "upsert", "delete"

@@ -127,5 +127,5 @@ RUNS_SCHEMA = pa.schema(
 
 ERRORS_TABLE = "errors"
 RUNS_TABLE = "runs"
-STREAM_BATCHES_TABLE = "stream_batches"  # its schema: schemas.messages
+STREAM_BATCHES_TABLE = "stream_batches"  # its schema: freshindex.schemas.messages
 RESERVED_TABLES = (ERRORS_TABLE, RUNS_TABLE, STREAM_BATCHES_TABLE)

@@ -36,9 +36,9 @@ DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "scifact" / "corpus.jsonl"
 
 def chunk_texts(corpus: Path, limit: int | None, cfg) -> list[str]:
     from freshindex.embedding import get_embedder
-    from transforms.chunk import chunk_document
-    from transforms.parse import parse_document
-    from transforms.read import ref_from_record
+    from freshindex.transforms.chunk import chunk_document
+    from freshindex.transforms.parse import parse_document
+    from freshindex.transforms.read import ref_from_record
 
     embedder = get_embedder(cfg.embedding)
     texts = []

@@ -41,8 +41,8 @@ from freshindex.maintain import (  # noqa: E402
     measure_recall,
     sample_vectors,
 )
-from schemas.records import Chunk, Document, EmbeddedDocument, chunk_id_for, sha256_hex  # noqa: E402
-from transforms.write import commit_changes, rows_for  # noqa: E402
+from freshindex.schemas.records import Chunk, Document, EmbeddedDocument, chunk_id_for, sha256_hex  # noqa: E402
+from freshindex.transforms.write import commit_changes, rows_for  # noqa: E402
 
 DIM = 384
 

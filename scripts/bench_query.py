@@ -37,10 +37,10 @@ sys.path.insert(0, str(ROOT))
 
 from freshindex import store  # noqa: E402
 from freshindex.config import EmbeddingConfig  # noqa: E402
+from freshindex.query.config import RetrievalConfig  # noqa: E402
+from freshindex.query.retrieval import IndexReader, embed_queries, retrieve  # noqa: E402
 from freshindex.runtime import prepare_offline  # noqa: E402
-from query.config import RetrievalConfig  # noqa: E402
-from query.retrieval import IndexReader, embed_queries, retrieve  # noqa: E402
-from schemas.tables import chunks_schema  # noqa: E402
+from freshindex.schemas.tables import chunks_schema  # noqa: E402
 
 DIM = 384
 MODEL = "all-MiniLM-L6-v2"
@@ -135,7 +135,7 @@ def bench_new_version(folder: Path, commits: int = 5) -> dict:
     """The memory engine after a stream-sized commit (8 new chunks): building the new
     version's index from the previous one vs reading it from scratch, alternately, on a
     copy of the table (the cached one stays as it is). Medians over ``commits``."""
-    from query.retrieval import _MemoryIndex
+    from freshindex.query.retrieval import _MemoryIndex
 
     work = Path(tempfile.mkdtemp(prefix="bench-query-"))
     try:

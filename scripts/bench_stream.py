@@ -1,6 +1,7 @@
 """Benchmark: the streaming pipeline's freshness and sustained throughput on this machine.
 
-A Tansu broker (or $KAFKA_BOOTSTRAP_SERVERS) and the stream (``python -m pipelines.stream``
+A Tansu broker (or $KAFKA_BOOTSTRAP_SERVERS) and the stream
+(``python -m freshindex.pipelines.stream``
 with the real bundled all-MiniLM-L6-v2 and default settings) run as separate processes.
 This script produces ~1 KB documents (SciFact abstracts; each a new document, so every
 message is parsed, chunked and embedded) at a fixed rate, and reads back what the stream
@@ -71,7 +72,7 @@ class Producer:
     def __init__(self, bootstrap: str, topic: str, docs):
         from kafka import KafkaProducer
 
-        from schemas.messages import encode_message
+        from freshindex.schemas.messages import encode_message
 
         self._encode = encode_message
         self._producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
@@ -109,9 +110,9 @@ def encode_ceiling(cfg, docs, n: int = 48) -> tuple[float, float]:
     """(chunks/s of plain ``encode`` on the chunk texts of ``n`` documents, chunks per
     document); measured here, before the stream starts, so nothing else of ours runs."""
     from freshindex.embedding import get_embedder
-    from schemas.records import Document
-    from transforms.chunk import chunk_document
-    from transforms.parse import elements_from_record
+    from freshindex.schemas.records import Document
+    from freshindex.transforms.chunk import chunk_document
+    from freshindex.transforms.parse import elements_from_record
 
     embedder = get_embedder(cfg.embedding)
     texts = []
@@ -133,7 +134,7 @@ class LagSampler:
     def __init__(self, spec, tps):
         import threading
 
-        from transforms.kafka_io import KafkaOffsets
+        from freshindex.transforms.kafka_io import KafkaOffsets
 
         self._offsets, self._tps = KafkaOffsets(spec), tps
         self.samples: list[tuple[float, int]] = []
@@ -232,7 +233,7 @@ def main() -> int:
 
     from freshindex.config import load_config
     from freshindex.kafka_broker import create_topic, kafka_for_tests
-    from transforms.kafka_io import KafkaOffsets, KafkaSpec
+    from freshindex.transforms.kafka_io import KafkaOffsets, KafkaSpec
 
     started = time.time()
     host = machine()
@@ -266,7 +267,7 @@ def main() -> int:
         topic = f"bench-{int(started)}"
         create_topic(bootstrap, topic, partitions=args.partitions)
         log_file = (work / "stream.log").open("w")
-        launch = ["-m", "pipelines.stream"]
+        launch = ["-m", "freshindex.pipelines.stream"]
         command = [
             sys.executable,
             *launch,

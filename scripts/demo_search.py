@@ -4,7 +4,7 @@ import argparse
 import logging
 import textwrap
 
-from query.retrieval import IndexReader, retrieve
+from freshindex.query.retrieval import IndexReader, retrieve
 
 logging.disable(logging.WARNING)
 parser = argparse.ArgumentParser()

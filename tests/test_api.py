@@ -8,10 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from freshindex.errors import ConfigError
-from query.api import create_app
-from query.config import load_query_config
-from query.service import QueryService
-from query.testing import fixture_index, index_config
+from freshindex.query.api import create_app
+from freshindex.query.config import load_query_config
+from freshindex.query.service import QueryService
+from freshindex.query.testing import fixture_index, index_config
 
 KEY = "test-key-123"
 

@@ -18,11 +18,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from freshindex.cli import main
-from query.api import create_app
-from query.config import load_query_config
-from query.guard import ClientLimiter, RequestGuard, check_bind, scrub
-from query.service import QueryService
-from query.testing import copy_index, fixture_index, index_config
+from freshindex.query.api import create_app
+from freshindex.query.config import load_query_config
+from freshindex.query.guard import ClientLimiter, RequestGuard, check_bind, scrub
+from freshindex.query.service import QueryService
+from freshindex.query.testing import copy_index, fixture_index, index_config
 
 KEY = "test-key-123"
 

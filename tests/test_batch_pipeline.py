@@ -20,10 +20,10 @@ import yaml
 from freshindex import store
 from freshindex.cli import rollback
 from freshindex.maintain import maintain
-from pipelines.batch import format_summary, run_ingest
-from pipelines.options import FreshIndexOptions
+from freshindex.pipelines.batch import format_summary, run_ingest
+from freshindex.pipelines.options import FreshIndexOptions
+from freshindex.transforms.write import FAULT_CRASH_AFTER_COMMIT
 from tests.conftest import DOCS, FIXTURES, ROOT, table_rows, write_corpus
-from transforms.write import FAULT_CRASH_AFTER_COMMIT
 
 
 def ingest(cfg, source, *beam_args, **ingest_overrides):
@@ -355,7 +355,15 @@ def test_retry_failed_flag_of_the_cli_and_of_the_batch_module(fake_cfg, corpus, 
     assert cli.returncode == 0, out
     assert "known-bad" not in out and "2 failed" in out
     batch = subprocess.run(
-        [sys.executable, "-m", "pipelines.batch", "--config", cfg_file, "--source", corpus],
+        [
+            sys.executable,
+            "-m",
+            "freshindex.pipelines.batch",
+            "--config",
+            cfg_file,
+            "--source",
+            corpus,
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -4,10 +4,10 @@ import pytest
 
 from freshindex.config import ChunkingConfig, EmbeddingConfig
 from freshindex.embedding import FakeHashEmbedder, get_embedder
-from schemas.records import Document, Element
+from freshindex.schemas.records import Document, Element
+from freshindex.transforms.chunk import chunk_document
 from tests.conftest import SAMPLES
 from tests.test_parse import parse_file
-from transforms.chunk import chunk_document
 
 
 def doc_of(*elements, doc_id="d"):

@@ -63,7 +63,7 @@ def test_clear_errors_for_bad_arguments(tmp_path, fake_cfg, capsys):
 
 
 def test_the_plain_beam_module_takes_pipeline_options(tmp_path, fake_cfg, corpus, capsys):
-    from pipelines.batch import main as beam_main
+    from freshindex.pipelines.batch import main as beam_main
 
     cfg = cfg_file(tmp_path, fake_cfg)
     argv = ["--source", str(corpus), "--config", cfg, "--table", "other", "--sync", "append"]

@@ -8,9 +8,9 @@ import pytest
 from freshindex import store
 from freshindex.config import EmbeddingConfig
 from freshindex.embedding import get_embedder
-from pipelines.batch import run_ingest
-from query.retrieval import vector_search
-from schemas.tables import table_metadata
+from freshindex.pipelines.batch import run_ingest
+from freshindex.query.retrieval import vector_search
+from freshindex.schemas.tables import table_metadata
 
 pytestmark = pytest.mark.slow
 

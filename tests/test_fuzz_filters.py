@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from query.errors import FilterError
-from query.filters import (
+from freshindex.query.errors import FilterError
+from freshindex.query.filters import (
     _ALIASES,
     FIELDS,
     MAX_FILTER_CHARS,
@@ -31,7 +31,7 @@ from query.filters import (
     split,
     to_expr,
 )
-from schemas.tables import chunks_schema
+from freshindex.schemas.tables import chunks_schema
 
 FUZZ = settings(
     max_examples=300,

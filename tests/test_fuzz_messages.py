@@ -1,4 +1,5 @@
-"""Property-based fuzzing of the Kafka message decoder (``schemas.messages.decode_message``):
+"""Property-based fuzzing of the Kafka message decoder
+(``freshindex.schemas.messages.decode_message``):
 whatever a producer sends, as key and value bytes or as JSON-shaped values (deep nesting,
 huge numbers, NaN/Infinity tokens, lone surrogates, wrong types), decoding gives a valid
 ``DocumentMessage`` that every later stage can store, or an ``InvalidMessage``: never
@@ -14,7 +15,7 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.messages import (
+from freshindex.schemas.messages import (
     DELETE,
     MAX_EPOCH_S,
     MAX_METADATA_BYTES,

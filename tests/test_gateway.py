@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 
 from freshindex.errors import ConfigError
-from query.cache import ResponseCache
-from query.config import load_query_config
-from query.errors import NoRoute, ProviderTimeout
-from query.gateway import ModelGateway
-from query.providers.openai_compat import OpenAICompatibleProvider
-from query.testing import Reply, StandInChatServer
-from query.types import ChatRequest, Hit, Message, ToolSpec
+from freshindex.query.cache import ResponseCache
+from freshindex.query.config import load_query_config
+from freshindex.query.errors import NoRoute, ProviderTimeout
+from freshindex.query.gateway import ModelGateway
+from freshindex.query.providers.openai_compat import OpenAICompatibleProvider
+from freshindex.query.testing import Reply, StandInChatServer
+from freshindex.query.types import ChatRequest, Hit, Message, ToolSpec
 
 KEY_ENV = "TEST_LLM_KEY"
 
@@ -288,7 +288,7 @@ def test_cache_is_bounded_by_entries_and_age(tmp_path, monkeypatch):
     gw, _ = make_gateway(None, tmp_path, cache=False)
     response = gw.complete(answer_request())
     clock = [1000.0]
-    monkeypatch.setattr("query.cache.time.time", lambda: clock[0])
+    monkeypatch.setattr("freshindex.query.cache.time.time", lambda: clock[0])
     cache = ResponseCache(tmp_path / "bounded.sqlite", max_entries=3, ttl_s=60)
     for i in range(5):
         clock[0] += 1

@@ -14,16 +14,16 @@ import pytest
 from freshindex import store
 from freshindex.config import Config, ParsingConfig
 from freshindex.errors import CorruptDocument, ParserCrashed, ParseTimeout
-from schemas.records import (
+from freshindex.schemas.records import (
     KNOWN_BAD,
     MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,
     ErrorRecord,
     check_metadata,
 )
-from schemas.tables import ERRORS_SCHEMA, ERRORS_TABLE, RUNS_SCHEMA, RUNS_TABLE
-from transforms.parse import failure_fingerprint
-from transforms.read import ERRORS_TAG, _RefFromRecord, ref_from_record
+from freshindex.schemas.tables import ERRORS_SCHEMA, ERRORS_TABLE, RUNS_SCHEMA, RUNS_TABLE
+from freshindex.transforms.parse import failure_fingerprint
+from freshindex.transforms.read import ERRORS_TAG, _RefFromRecord, ref_from_record
 
 
 def failure(doc_id, exc, *, content_hash="h1", fingerprint="fp", **kw) -> ErrorRecord:

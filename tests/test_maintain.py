@@ -20,9 +20,9 @@ from freshindex.maintain import (
     retention_cutoff,
     sample_vectors,
 )
-from schemas.records import Chunk, Document, EmbeddedDocument, chunk_id_for, sha256_hex
+from freshindex.schemas.records import Chunk, Document, EmbeddedDocument, chunk_id_for, sha256_hex
+from freshindex.transforms.write import commit_changes, rows_for
 from tests.conftest import ROOT
-from transforms.write import commit_changes, rows_for
 
 DIM = 16
 POLICY = MaintenanceConfig(keep_versions=10, keep_days=0, min_version_age_minutes=0)
@@ -137,7 +137,7 @@ WRITER = """
 import sys, numpy as np
 from freshindex import store
 from tests.test_maintain import doc_rows
-from transforms.write import commit_changes
+from freshindex.transforms.write import commit_changes
 db_uri = sys.argv[1]
 db = store.connect(db_uri)
 rng = np.random.default_rng(1)
@@ -181,7 +181,7 @@ def test_ann_index_meets_the_recall_target_on_the_tables_own_data(tmp_path):
         table, fresh_queries, 10, params["nprobes"], params.get("refine_factor")
     )
     assert recall >= 0.93
-    from query.retrieval import IndexReader
+    from freshindex.query.retrieval import IndexReader
 
     pinned = IndexReader.open(db_uri, "docs").pinned(None)
     assert pinned.ann_params["nprobes"] == params["nprobes"]  # the query layer uses the tuning

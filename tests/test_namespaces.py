@@ -13,8 +13,8 @@ import time
 import pytest
 
 from freshindex import store
-from pipelines.batch import run_ingest
-from pipelines.stream import BatchIndexer, StreamRun, stream_config
+from freshindex.pipelines.batch import run_ingest
+from freshindex.pipelines.stream import BatchIndexer, StreamRun, stream_config
 from tests.conftest import DOCS, write_corpus
 from tests.test_stream_batch import Topic
 
@@ -161,8 +161,8 @@ def test_namespace_settings_are_validated_and_reach_both_pipelines(fake_cfg):
     from freshindex.cli import build_parser
     from freshindex.config import IngestConfig
     from freshindex.errors import ConfigError
-    from pipelines.options import FreshIndexOptions
-    from pipelines.stream import stream_config_from_flags
+    from freshindex.pipelines.options import FreshIndexOptions
+    from freshindex.pipelines.stream import stream_config_from_flags
 
     for bad in ({"namespace": ""}, {"namespace": "a\nb"}, {"max_delete_fraction": 1.5}):
         with pytest.raises(ConfigError):

@@ -2,9 +2,9 @@ import pytest
 
 from freshindex.config import ParsingConfig
 from freshindex.errors import CorruptDocument, EmptyDocument, UnsupportedFormat
-from schemas.records import SourceRef, sha256_hex
+from freshindex.schemas.records import SourceRef, sha256_hex
+from freshindex.transforms.parse import content_type_for, max_file_bytes, parse_document, read_bytes
 from tests.conftest import FIXTURES, SAMPLES
-from transforms.parse import content_type_for, max_file_bytes, parse_document, read_bytes
 
 
 def parse_file(path, cfg=None):
@@ -89,7 +89,7 @@ def parse_errors(ref, cfg):
     """What the Parse step emits for ``ref``: (documents, error records)."""
     from apache_beam.pvalue import TaggedOutput
 
-    from transforms.parse import _ParseFn
+    from freshindex.transforms.parse import _ParseFn
 
     fn = _ParseFn(cfg)
     fn.setup()

@@ -25,9 +25,14 @@ from freshindex.errors import (
     ParseMemoryExceeded,
     ParseTimeout,
 )
-from schemas.records import ErrorRecord, SourceRef
+from freshindex.schemas.records import ErrorRecord, SourceRef
+from freshindex.transforms.parse import (
+    CONTENT_TYPES,
+    lend_parse_worker,
+    new_parse_worker,
+    parse_document,
+)
 from tests.conftest import SAMPLES
-from transforms.parse import CONTENT_TYPES, lend_parse_worker, new_parse_worker, parse_document
 
 _W = b'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
 _PARA = b"<w:p><w:r><w:t>bomb</w:t></w:r></w:p>"

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from transforms.parse_worker import (
+from freshindex.transforms.parse_worker import (
     IsolatedWorker,
     RemoteError,
     WorkerCrashed,

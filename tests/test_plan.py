@@ -1,5 +1,5 @@
-from schemas.records import SourceRef
-from transforms.plan import DELETED, ERRORS, PROCESS, SKIPPED, UPDATED, decide
+from freshindex.schemas.records import SourceRef
+from freshindex.transforms.plan import DELETED, ERRORS, PROCESS, SKIPPED, UPDATED, decide
 
 
 def ref(doc_id="a.md", content_hash="h1", uri=None):
@@ -39,7 +39,7 @@ def test_duplicate_ids_keep_one_and_record_an_error():
 
 
 def test_full_sync_deletes_only_documents_of_this_source(tmp_path):
-    from transforms.read import resolve_source
+    from freshindex.transforms.read import resolve_source
 
     (tmp_path / "folder-a").mkdir()
     owns = resolve_source(str(tmp_path / "folder-a")).owns
@@ -93,7 +93,7 @@ def test_a_document_from_before_namespaces_belongs_to_the_source_that_can_produc
 
 
 def test_ownership_uses_beams_glob_semantics(tmp_path):
-    from transforms.read import pattern_matches, resolve_source
+    from freshindex.transforms.read import pattern_matches, resolve_source
 
     d = tmp_path / "dir"
     (d / "guide").mkdir(parents=True)
@@ -117,7 +117,7 @@ def test_ownership_uses_beams_glob_semantics(tmp_path):
 
 
 def test_source_specs_are_absolute_and_know_what_they_own(tmp_path):
-    from transforms.read import resolve_source
+    from freshindex.transforms.read import resolve_source
 
     (tmp_path / "docs").mkdir()
     (tmp_path / "c.jsonl").write_text("")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from query.config import load_query_config
-from query.context import assemble_context, citations_from_text, estimate_tokens, render
-from query.providers.extractive import NO_ANSWER, split_sentences
-from query.service import QueryService
-from query.testing import Reply, StandInChatServer, fixture_index, index_config
-from query.types import Hit
+from freshindex.query.config import load_query_config
+from freshindex.query.context import assemble_context, citations_from_text, estimate_tokens, render
+from freshindex.query.providers.extractive import NO_ANSWER, split_sentences
+from freshindex.query.service import QueryService
+from freshindex.query.testing import Reply, StandInChatServer, fixture_index, index_config
+from freshindex.query.types import Hit
 
 
 def service(model: str = "fake-hash", **overrides) -> QueryService:

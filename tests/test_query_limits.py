@@ -8,14 +8,14 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from query.api import create_app
-from query.config import RetrievalConfig, load_query_config
-from query.errors import DeadlineExceeded, ProviderTimeout
-from query.gateway import ModelGateway
-from query.retrieval import IndexReader, _filtered, retrieve
-from query.service import QueryService
-from query.testing import fixture_index, index_config
-from query.types import ChatRequest, ChatResponse, Message, Usage
+from freshindex.query.api import create_app
+from freshindex.query.config import RetrievalConfig, load_query_config
+from freshindex.query.errors import DeadlineExceeded, ProviderTimeout
+from freshindex.query.gateway import ModelGateway
+from freshindex.query.retrieval import IndexReader, _filtered, retrieve
+from freshindex.query.service import QueryService
+from freshindex.query.testing import fixture_index, index_config
+from freshindex.query.types import ChatRequest, ChatResponse, Message, Usage
 
 NOTHING = ["metadata.lang = no-such-language"]
 
@@ -36,7 +36,7 @@ def test_a_filter_that_matches_nothing_stops_at_the_scan_cap():
         fetches.append(fetch)
         return [({"metadata": '{"lang": "en"}'}, 1.0)] * min(fetch, 1_000_000)
 
-    from query.filters import parse_filters
+    from freshindex.query.filters import parse_filters
 
     result = _filtered(run, 5, parse_filters(NOTHING), 1000)
     assert result == [] and result.scan_capped
@@ -59,7 +59,7 @@ def test_capped_search_is_flagged_on_the_lancedb_engine(db, mode):
 
 
 def test_agent_listings_read_at_most_the_cap(db):
-    from query.agent import Toolbox
+    from freshindex.query.agent import Toolbox
 
     reader = IndexReader.open(db, "docs", config=RetrievalConfig(max_scan_rows=3))
     rows = reader.pinned().rows_where(())

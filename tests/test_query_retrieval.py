@@ -13,12 +13,12 @@ import pytest
 
 from freshindex import store
 from freshindex.errors import TableError
-from pipelines.batch import run_ingest
-from query.config import RetrievalConfig
-from query.errors import FilterError, QueryError
-from query.filters import Filter, parse_filters, to_expr
-from query.retrieval import IndexReader, retrieve, retrieve_batch, vector_search
-from query.testing import RECORDS, copy_index, fixture_index, index_config
+from freshindex.pipelines.batch import run_ingest
+from freshindex.query.config import RetrievalConfig
+from freshindex.query.errors import FilterError, QueryError
+from freshindex.query.filters import Filter, parse_filters, to_expr
+from freshindex.query.retrieval import IndexReader, retrieve, retrieve_batch, vector_search
+from freshindex.query.testing import RECORDS, copy_index, fixture_index, index_config
 
 MODES = ("vector", "fts", "hybrid")
 INJECTION = "x' OR '1'='1"
@@ -267,7 +267,7 @@ def test_a_table_without_fts_index_is_still_searched_and_gets_one(tmp_path):
     import numpy as np
     import pyarrow as pa
 
-    from schemas.tables import chunks_schema
+    from freshindex.schemas.tables import chunks_schema
 
     cfg = index_config(str(tmp_path / "db"))
     dbc = store.connect(cfg.db)
@@ -317,8 +317,8 @@ def test_a_new_versions_memory_index_reads_only_what_changed(tmp_path):
     import pyarrow.compute as pc
 
     from freshindex.maintain import maintain
-    from query.retrieval import _MemoryIndex
-    from transforms.write import commit_changes
+    from freshindex.query.retrieval import _MemoryIndex
+    from freshindex.transforms.write import commit_changes
 
     cfg = copy_index("fake-hash", tmp_path)
     reader = IndexReader.open(cfg.db, "docs", config=RetrievalConfig(vector_engine="memory"))

@@ -15,14 +15,14 @@ import pytest
 from freshindex import store
 from freshindex.config import normalize_uri_prefix
 from freshindex.errors import ConfigError, UnsupportedFormat
-from tests.conftest import DOCS, table_rows
-from transforms.source_io import (
+from freshindex.transforms.source_io import (
     SourceNotAllowed,
     inside_root,
     open_regular,
     read_bounded,
     resolve_allowed,
 )
+from tests.conftest import DOCS, table_rows
 
 SECRET = "AWS_SECRET_ACCESS_KEY=do-not-index-me"
 
@@ -161,7 +161,7 @@ def test_reads_stop_at_the_limit_before_and_while_reading(tmp_path, monkeypatch)
 
 
 def test_the_batch_reader_refuses_links_out_of_its_root_and_skips_fifos(fake_cfg, tree):
-    from pipelines.batch import run_ingest
+    from freshindex.pipelines.batch import run_ingest
 
     cfg = dataclasses.replace(
         fake_cfg, ingest=dataclasses.replace(fake_cfg.ingest, max_failure_fraction=1.0)
@@ -187,7 +187,7 @@ def test_the_batch_reader_refuses_links_out_of_its_root_and_skips_fifos(fake_cfg
 
 
 def test_the_batch_reader_still_reads_a_corpus_whose_root_is_a_link(fake_cfg, corpus, tmp_path):
-    from pipelines.batch import run_ingest
+    from freshindex.pipelines.batch import run_ingest
 
     link = tmp_path / "corpus-link"
     link.symlink_to(corpus, target_is_directory=True)

@@ -13,11 +13,17 @@ import zlib
 import pytest
 
 from freshindex import store
-from pipelines.batch import run_ingest
-from pipelines.stream import BatchIndexer, StreamRun, batch_due, split_batches, stream_config
-from schemas.messages import KafkaRecord, PollBatch, encode_message
+from freshindex.pipelines.batch import run_ingest
+from freshindex.pipelines.stream import (
+    BatchIndexer,
+    StreamRun,
+    batch_due,
+    split_batches,
+    stream_config,
+)
+from freshindex.schemas.messages import KafkaRecord, PollBatch, encode_message
+from freshindex.transforms.kafka_io import PartitionStart
 from tests.conftest import DOCS, table_rows
-from transforms.kafka_io import PartitionStart
 
 
 class Topic:
@@ -485,7 +491,7 @@ def test_poison_messages_never_stop_a_micro_batch(fake_cfg):
 
 def test_any_failure_of_one_document_is_its_error_not_the_batch(fake_cfg, monkeypatch):
     """Decoder and row-building bugs that no validation foresaw: the document, not the batch."""
-    import pipelines.stream as stream_module
+    import freshindex.pipelines.stream as stream_module
 
     real_decode, real_rows = stream_module.decode_message, stream_module.rows_for
 

@@ -10,8 +10,8 @@ import shlex
 import pytest
 
 from freshindex.errors import ConfigError
-from pipelines.stream import split_batches, stream_config, take_contiguous
-from schemas.messages import (
+from freshindex.pipelines.stream import split_batches, stream_config, take_contiguous
+from freshindex.schemas.messages import (
     DELETE,
     UPSERT,
     InvalidMessage,
@@ -167,8 +167,8 @@ def test_the_cli_and_the_pipeline_module_read_stream_flags_alike(fake_cfg):
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from freshindex.cli import build_parser
-    from pipelines.options import StreamOptions
-    from pipelines.stream import stream_config_from_flags
+    from freshindex.pipelines.options import StreamOptions
+    from freshindex.pipelines.stream import stream_config_from_flags
 
     cli, beam = build_parser().parse_known_args(
         shlex.split(
@@ -231,7 +231,7 @@ def test_stream_config_defaults_environment_and_validation(fake_cfg, monkeypatch
 def test_stream_options_coexist_with_beam_and_batch_flags():
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-    from pipelines.options import FreshIndexOptions, StreamOptions
+    from freshindex.pipelines.options import FreshIndexOptions, StreamOptions
 
     argv = ["--streaming", "--topics", "docs", "--table", "t", "--kafka_option", "a=1"]
     argv += ["--kafka_option", "b=2", "--stop_at_end", "--batch_interval_s", "0.5"]
@@ -248,7 +248,7 @@ def test_xlang_reader_is_configured_but_needs_an_expansion_service(fake_cfg):
     checks its configuration and that choosing it builds the Java transform."""
     from apache_beam.transforms.external import ExternalTransform
 
-    from transforms.kafka_io import ReadKafkaXlang, xlang_consumer_config
+    from freshindex.transforms.kafka_io import ReadKafkaXlang, xlang_consumer_config
 
     spec = stream_config(
         fake_cfg, topics="docs", bootstrap_servers="k:9", client_options=["security_protocol=SSL"]
@@ -267,7 +267,7 @@ def test_xlang_reader_is_configured_but_needs_an_expansion_service(fake_cfg):
 
 def test_publish_builds_messages_from_files_jsonl_and_deletes(corpus, tmp_path):
     from freshindex.cli import build_parser
-    from pipelines.stream_cli import messages_for
+    from freshindex.pipelines.stream_cli import messages_for
 
     parser = build_parser()
     args = parser.parse_args(["publish", str(corpus), "--topic", "t", "--delete", "old.md"])

@@ -21,9 +21,9 @@ import yaml
 from freshindex import store
 from freshindex.errors import SourceError
 from freshindex.kafka_broker import create_topic, kafka_for_tests
-from pipelines.stream import FAULT_STREAM_CRASH, run_stream, stream_config
-from schemas.messages import KafkaRecord, encode_message
-from schemas.records import ErrorRecord
+from freshindex.pipelines.stream import FAULT_STREAM_CRASH, run_stream, stream_config
+from freshindex.schemas.messages import KafkaRecord, encode_message
+from freshindex.schemas.records import ErrorRecord
 from tests.conftest import DOCS, ROOT, table_rows
 
 pytestmark = pytest.mark.kafka
@@ -56,7 +56,7 @@ def kafka_state(bootstrap, topic, group):
     """(committed offsets of the group, log end offsets) per partition."""
     from kafka import TopicPartition
 
-    from transforms.kafka_io import KafkaOffsets, KafkaSpec
+    from freshindex.transforms.kafka_io import KafkaOffsets, KafkaSpec
 
     offsets = KafkaOffsets(KafkaSpec(bootstrap, (topic,), group))
     try:
@@ -185,7 +185,7 @@ def test_poison_messages_are_dead_lettered_and_the_batch_is_committed_once(
 
 
 def test_a_dead_letter_too_large_for_the_producer_goes_without_its_value(kafka):
-    from transforms.kafka_io import DeadLetterProducer, KafkaSpec
+    from freshindex.transforms.kafka_io import DeadLetterProducer, KafkaSpec
 
     dlq = f"big-{uuid.uuid4().hex[:8]}.dlq"
     create_topic(kafka, dlq, partitions=1)
@@ -226,7 +226,14 @@ def write_cfg_file(cfg, path: Path) -> Path:
 
 def stream_process(cfg_file, bootstrap, topic, *extra, env=None):
     """The plain Beam module, as an operator runs it."""
-    cmd = [sys.executable, "-m", "pipelines.stream", "--streaming", "--config", str(cfg_file)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "freshindex.pipelines.stream",
+        "--streaming",
+        "--config",
+        str(cfg_file),
+    ]
     cmd += ["--topics", topic, "--kafka_bootstrap_servers", bootstrap, *extra]
     return subprocess.Popen(
         cmd,
@@ -363,7 +370,7 @@ def test_batch_runs_and_the_stream_interleave_on_one_table(
     nothing is lost or duplicated, and each document is whole, from one writer or the other."""
     import threading
 
-    from pipelines.batch import run_ingest
+    from freshindex.pipelines.batch import run_ingest
 
     messages = history(60)
     clean = dataclasses.replace(fake_cfg, db=str(tmp_path / "clean"))

@@ -24,8 +24,8 @@ from apache_beam.io.localfilesystem import LocalFileSystem
 
 from freshindex import store
 from freshindex.cli import main as cli_main
-from pipelines.batch import main as batch_main
-from pipelines.batch import run_ingest
+from freshindex.pipelines.batch import main as batch_main
+from freshindex.pipelines.batch import run_ingest
 from tests.conftest import DOCS, write_corpus
 
 SCHEME = "flaky://"

@@ -18,7 +18,7 @@ import apache_beam as beam
 from freshindex.config import ChunkingConfig, EmbeddingConfig
 from freshindex.embedding import Embedder, get_embedder
 from freshindex.errors import EmptyDocument
-from schemas.records import (
+from freshindex.schemas.records import (
     Chunk,
     ChunkedDocument,
     Document,

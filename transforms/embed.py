@@ -18,8 +18,8 @@ import numpy as np
 from freshindex import store
 from freshindex.config import EmbeddingConfig
 from freshindex.embedding import get_embedder
-from schemas.records import ChunkedDocument, EmbeddedDocument, ErrorRecord
-from transforms.plan import TableRef
+from freshindex.schemas.records import ChunkedDocument, EmbeddedDocument, ErrorRecord
+from freshindex.transforms.plan import TableRef
 
 log = logging.getLogger(__name__)
 ERRORS_TAG = "errors"

@@ -33,8 +33,8 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from freshindex.errors import ConfigError, SourceError
-from schemas.messages import KafkaRecord, PollBatch
-from schemas.records import ErrorRecord
+from freshindex.schemas.messages import KafkaRecord, PollBatch
+from freshindex.schemas.records import ErrorRecord
 
 log = logging.getLogger(__name__)
 

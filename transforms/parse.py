@@ -35,18 +35,25 @@ from freshindex.errors import (
     UnsupportedFormat,
 )
 from freshindex.runtime import patch_unstructured_spacy, prepare_offline
-from schemas.records import KNOWN_BAD, Document, Element, ErrorRecord, SourceRef, sha256_hex
-from transforms.parse_worker import (
+from freshindex.schemas.records import (
+    KNOWN_BAD,
+    Document,
+    Element,
+    ErrorRecord,
+    SourceRef,
+    sha256_hex,
+)
+from freshindex.transforms.parse_worker import (
     IsolatedWorker,
     RemoteError,
     WorkerCrashed,
     WorkerMemoryExceeded,
     WorkerTimeout,
 )
-from transforms.source_io import read_bounded
+from freshindex.transforms.source_io import read_bounded
 
 if TYPE_CHECKING:
-    from transforms.plan import TableRef
+    from freshindex.transforms.plan import TableRef
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +392,8 @@ def max_file_bytes(cfg: ParsingConfig) -> int:
 def read_bytes(uri: str, max_bytes: int, *, roots: Sequence[str] = ()) -> bytes:
     """The bytes of a source file, read to at most ``max_bytes`` (its size is checked
     first); raises UnsupportedFormat for a larger file or one that is not a regular file.
-    ``roots``: real local folders the opened file must lie in (``transforms.source_io``)."""
+    ``roots``: real local folders the opened file must lie in
+    (``freshindex.transforms.source_io``)."""
     return read_bounded(uri, max_bytes, roots=roots)
 
 

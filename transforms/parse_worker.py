@@ -30,7 +30,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-_CHILD_CODE = "from transforms.parse_worker import _child_main; _child_main"
+_CHILD_CODE = "from freshindex.transforms.parse_worker import _child_main; _child_main"
 # How often the parent checks the child's memory while a call runs (seconds).
 _WATCH_INTERVAL_S = 0.05
 # The address-space backstop: the warm child's size plus this many ceilings plus a margin

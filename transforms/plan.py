@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 
 from freshindex import store
-from schemas.records import ErrorRecord, SourceRef
+from freshindex.schemas.records import ErrorRecord, SourceRef
 
 PROCESS, SKIPPED, UPDATED, DELETED, ERRORS = "process", "skipped", "updated", "deleted", "errors"
 NAMESPACE_CONFLICT = "NamespaceConflict"

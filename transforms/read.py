@@ -21,9 +21,9 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
 
 from freshindex.errors import SourceError
-from schemas.records import ErrorRecord, SourceRef, check_metadata, sha256_hex
-from transforms.parse import RECORD_CONTENT_TYPE, content_type_for
-from transforms.source_io import inside_root, is_local, open_regular
+from freshindex.schemas.records import ErrorRecord, SourceRef, check_metadata, sha256_hex
+from freshindex.transforms.parse import RECORD_CONTENT_TYPE, content_type_for
+from freshindex.transforms.source_io import inside_root, is_local, open_regular
 
 ERRORS_TAG = "errors"
 _GLOB_CHARS = set("*?[")
@@ -134,7 +134,8 @@ def _hidden(doc_id: str) -> bool:
 
 class _RefFromFile(beam.DoFn):
     """A matched file -> SourceRef with its content hash. A local file is read only if it is
-    a regular file whose real path stays inside the source root (``transforms.source_io``):
+    a regular file whose real path stays inside the source root
+    (``freshindex.transforms.source_io``):
     a symlink out of the root or a FIFO becomes an error row, never a read or a hang."""
 
     def __init__(self, root: str):
@@ -193,7 +194,7 @@ class _RefFromFile(beam.DoFn):
 
 def ref_from_record(line: str, source_uri: str) -> SourceRef:
     """One BEIR-style JSONL record -> SourceRef; raises ValueError on a bad record
-    (including ``metadata`` over the caps of ``schemas.records.check_metadata``)."""
+    (including ``metadata`` over the caps of ``freshindex.schemas.records.check_metadata``)."""
     try:
         record = json.loads(line)
     except RecursionError:

@@ -41,9 +41,9 @@ import pyarrow.parquet as pq
 
 from freshindex import store
 from freshindex.config import MaintenanceConfig
-from schemas.records import KNOWN_BAD, EmbeddedDocument, ErrorRecord
-from schemas.tables import chunks_schema
-from transforms.plan import Owns, TableRef, may_write, namespace_conflict
+from freshindex.schemas.records import KNOWN_BAD, EmbeddedDocument, ErrorRecord
+from freshindex.schemas.tables import chunks_schema
+from freshindex.transforms.plan import Owns, TableRef, may_write, namespace_conflict
 
 log = logging.getLogger(__name__)
 

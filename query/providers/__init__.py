@@ -2,6 +2,6 @@
 its config entry. ``extractive`` needs no weights beyond the embedding model;
 ``openai-compatible`` speaks chat completions over HTTP."""
 
-from query.providers.base import Provider, build_provider
+from freshindex.query.providers.base import Provider, build_provider
 
 __all__ = ["Provider", "build_provider"]

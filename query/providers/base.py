@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from query.config import ExtractiveConfig, ProviderConfig
-from query.types import ChatRequest, ChatResponse
+from freshindex.query.config import ExtractiveConfig, ProviderConfig
+from freshindex.query.types import ChatRequest, ChatResponse
 
 
 class Provider(Protocol):
@@ -33,9 +33,9 @@ def build_provider(
     """A provider for its config entry. ``embedder`` (or a function returning one) is what the
     extractive provider scores sentences with: the table's own model."""
     if cfg.kind == "extractive":
-        from query.providers.extractive import ExtractiveProvider
+        from freshindex.query.providers.extractive import ExtractiveProvider
 
         return ExtractiveProvider(cfg, extractive or ExtractiveConfig(), embedder=embedder)
-    from query.providers.openai_compat import OpenAICompatibleProvider
+    from freshindex.query.providers.openai_compat import OpenAICompatibleProvider
 
     return OpenAICompatibleProvider(cfg, environ=environ)

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from query.config import ExtractiveConfig, ProviderConfig
-from query.context import estimate_messages, estimate_tokens
-from query.types import ChatRequest, ChatResponse, Citation, Hit, Usage
+from freshindex.query.config import ExtractiveConfig, ProviderConfig
+from freshindex.query.context import estimate_messages, estimate_tokens
+from freshindex.query.types import ChatRequest, ChatResponse, Citation, Hit, Usage
 
 NO_ANSWER = "No answer in the context: none of the retrieved passages supports an answer."
 

@@ -12,15 +12,15 @@ import threading
 import time
 from typing import Any
 
-from query.config import ProviderConfig
-from query.context import estimate_messages, estimate_tokens
-from query.errors import (
+from freshindex.query.config import ProviderConfig
+from freshindex.query.context import estimate_messages, estimate_tokens
+from freshindex.query.errors import (
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
 )
-from query.types import ChatRequest, ChatResponse, Message, ToolCall, Usage
+from freshindex.query.types import ChatRequest, ChatResponse, Message, ToolCall, Usage
 
 
 def message_payload(m: Message) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Pipelines compose transforms; they hold no parsing, chunking or embedding logic of their own."""

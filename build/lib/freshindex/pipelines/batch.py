@@ -1,0 +1,266 @@
+"""Batch re-indexing: files or a JSONL corpus -> the versioned LanceDB chunks table.
+
+    python -m freshindex.pipelines.batch --source docs/ --table docs [--db URI] \
+        [--sync full|append] \
+        [--namespace NS] [--allow_mass_delete] \
+        [--runner DirectRunner --direct_num_workers 2 --direct_running_mode multi_processing]
+
+Read -> Plan (against the table's ledger) -> Parse -> Chunk -> Embed -> Write (stage, then
+one serialized commit). Every step is a transform from ``transforms/``; the streaming
+pipeline composes the same ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from freshindex import store
+from freshindex.config import Config
+from freshindex.embedding import resolve_dtype
+from freshindex.pipelines.options import FreshIndexOptions
+from freshindex.runtime import prepare_offline
+from freshindex.schemas.records import ErrorRecord
+from freshindex.transforms.chunk import ChunkDocuments
+from freshindex.transforms.embed import Embed
+from freshindex.transforms.parse import Parse, ReadKnownFailures, failure_fingerprint
+from freshindex.transforms.plan import PlanChanges, ReadLedger, TableRef
+from freshindex.transforms.read import ReadSource, SourceSpec, resolve_source
+from freshindex.transforms.write import (
+    DELETES_WITHHELD,
+    MASS_DELETE_REFUSED,
+    REFUSED_MASS_DELETE,
+    SUCCEEDED,
+    RunSpec,
+    WriteToIndex,
+)
+
+log = logging.getLogger("freshindex.batch")
+
+
+def new_run_id() -> str:
+    """A sortable, human-readable run id: UTC time plus a short random suffix."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def run_settings(cfg: Config) -> dict[str, Any]:
+    return {
+        "fingerprint": cfg.fingerprint(),
+        "embedding": cfg.to_dict()["embedding"],
+        # what ``embedding.dtype: auto`` meant on the machine that started the run
+        "embedding_dtype_resolved": resolve_dtype(cfg.embedding.dtype, cfg.embedding.device),
+        "chunking": cfg.to_dict()["chunking"],
+        "parsing": cfg.to_dict()["parsing"],
+        "sync": cfg.ingest.sync,
+    }
+
+
+def _listed_but_unread(error: ErrorRecord):
+    """(doc_id, None) for a document the source listed but could not read: it is present."""
+    if error.stage == "read" and error.doc_id:
+        yield error.doc_id, None
+
+
+def build_ingest(
+    p: beam.Pipeline, cfg: Config, source: SourceSpec, run: RunSpec, retry_failed: bool = False
+):
+    """Compose the batch pipeline on ``p``; returns the PCollection of the run's manifest row.
+
+    Documents that failed permanently before (same bytes, same settings) are not parsed
+    again unless ``retry_failed``.
+    """
+    read = p | "Read" >> ReadSource(source)
+    ledger = p | "Ledger" >> ReadLedger(run.table)
+    failed = read.errors | "ListedButUnread" >> beam.FlatMap(_listed_but_unread)
+    plan = {"refs": read.refs, "ledger": ledger, "failed": failed} | "Plan" >> PlanChanges(
+        run.fingerprint, run.sync, source.namespace, source.owns
+    )
+    failures_fp = failure_fingerprint(cfg)
+    known_bad = (
+        None if retry_failed else p | "KnownBad" >> ReadKnownFailures(run.table, failures_fp)
+    )
+    parsed = plan.process | "Parse" >> Parse(
+        cfg.parsing, fingerprint=failures_fp, known_bad=known_bad
+    )
+    chunked = parsed.docs | "Chunk" >> ChunkDocuments(cfg.chunking, cfg.embedding)
+    embedded = chunked.chunked | "Embed" >> Embed(
+        cfg.embedding, run.table, cfg.ingest.docs_per_batch
+    )
+    errors = (
+        read.errors,
+        plan.errors,
+        parsed.errors,
+        chunked.errors,
+        embedded.errors,
+    ) | "AllErrors" >> beam.Flatten()
+    return embedded.embedded | "Write" >> WriteToIndex(
+        run,
+        errors=errors,
+        deleted=plan.deleted,
+        updated=plan.updated,
+        docs_seen=read.refs | "CountSeen" >> beam.combiners.Count.Globally(),
+        docs_skipped=plan.skipped | "CountSkipped" >> beam.combiners.Count.Globally(),
+        docs_per_file=cfg.ingest.docs_per_batch * 4,
+    )
+
+
+def current_version(db_uri: str, table: str, model: str) -> int | None:
+    """The version a run starts from (None for a new table); checks the table's model."""
+    db = store.connect(db_uri)
+    if table not in store.table_names(db):
+        return None
+    tbl = db.open_table(table)
+    store.check_model(tbl, model)
+    return tbl.version
+
+
+def run_ingest(
+    cfg: Config,
+    source: str,
+    beam_args: list[str] | None = None,
+    run_id: str | None = None,
+    *,
+    allow_mass_delete: bool = False,
+    retry_failed: bool = False,
+) -> dict[str, Any]:
+    """Run one batch ingest to completion and return its manifest row (see ``runs`` table).
+
+    ``allow_mass_delete`` lets a ``sync: full`` run delete more than
+    ``ingest.max_delete_fraction`` of the source's documents; ``retry_failed`` re-parses
+    documents remembered as permanently bad.
+    """
+    prepare_offline()
+    spec = resolve_source(source, cfg.ingest.namespace)
+    version = current_version(cfg.db, cfg.table, cfg.embedding.model)
+    run = RunSpec(
+        run_id=run_id or new_run_id(),
+        kind="batch",
+        source=source,
+        table=TableRef(cfg.db, cfg.table, version),
+        fingerprint=cfg.fingerprint(),
+        model=cfg.embedding.model,
+        settings=run_settings(cfg),
+        sync=cfg.ingest.sync,
+        started_at=time.time(),
+        max_failure_fraction=cfg.ingest.max_failure_fraction,
+        commit_max_rows=cfg.ingest.commit_max_rows,
+        maintenance=cfg.maintenance if cfg.maintenance.after_batch else None,
+        namespace=spec.namespace,
+        owns=spec.owns,
+        max_delete_fraction=cfg.ingest.max_delete_fraction,
+        allow_mass_delete=allow_mass_delete,
+    )
+    log.info(
+        "run %s: %s -> %s/%s (starting from version %s, sync=%s, namespace %s)",
+        run.run_id,
+        source,
+        cfg.db,
+        cfg.table,
+        version if version is not None else "none: new table",
+        cfg.ingest.sync,
+        spec.namespace,
+    )
+    options = PipelineOptions(beam_args or [])
+    pipeline = beam.Pipeline(options=options)
+    build_ingest(pipeline, cfg, spec, run, retry_failed)
+    pipeline.run().wait_until_finish()
+    rows = [
+        r for r in store.read_runs(store.connect(cfg.db), cfg.table) if r["run_id"] == run.run_id
+    ]
+    if not rows:
+        raise RuntimeError(f"run {run.run_id} finished without recording its manifest")
+    return rows[0]
+
+
+def known_bad_note(row: dict[str, Any]) -> str:
+    """The summary's note on documents skipped as known bad (none in rows of older runs)."""
+    known_bad = row.get("docs_known_bad") or 0
+    if not known_bad:
+        return ""
+    return f" ({known_bad} known-bad skipped: unchanged since they failed; --retry-failed)"
+
+
+def format_summary(row: dict[str, Any], errors: Sequence[dict[str, Any]] = ()) -> str:
+    """The run's summary; ``errors`` (its errors rows) add why deletes were withheld."""
+    elapsed = (row["finished_at"] - row["started_at"]).total_seconds()
+    rate = row["chunks_embedded"] / elapsed if elapsed > 0 else 0.0
+    return (
+        f"run {row['run_id']} {row['status']} in {elapsed:.1f}s -> "
+        f"table {row['table_name']} version {row['table_version']} (tag {row['tag']})\n"
+        f"  documents: {row['docs_seen']} seen, {row['docs_skipped']} skipped, "
+        f"{row['docs_added']} added, {row['docs_updated']} updated, "
+        f"{row['docs_deleted']} deleted, {row['docs_failed']} failed"
+        f"{known_bad_note(row)}\n"
+        f"  chunks: {row['chunks_embedded']} embedded, {row['chunks_reused']} reused, "
+        f"{row['chunks_written']} written; {rate:.1f} chunks/s embedded"
+    ) + "".join(
+        f"\n  {e['error_class']}: {e['message']}"
+        for e in errors
+        if e["error_class"] in (DELETES_WITHHELD, MASS_DELETE_REFUSED)
+    )
+
+
+def failure_message(row: dict[str, Any], cfg: Config) -> str | None:
+    """What went wrong with a run that did not succeed (None when it did), for stderr."""
+    if row["status"] == REFUSED_MASS_DELETE:
+        return (
+            "error: refused a mass delete: more than ingest.max_delete_fraction="
+            f"{cfg.ingest.max_delete_fraction} of the source's documents are missing from it, "
+            "so nothing was deleted (new and changed documents were written). Re-run with "
+            "--allow-mass-delete if the source really lost them"
+        )
+    if row["status"] != SUCCEEDED:
+        return (
+            f"error: {row['docs_failed']} of {row['docs_seen']} documents failed, over "
+            f"ingest.max_failure_fraction={cfg.ingest.max_failure_fraction}; nothing was deleted"
+        )
+    return None
+
+
+def configure_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    for name in ("freshindex", "transforms", "pipelines"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def exit_code(row: dict[str, Any]) -> int:
+    """0: succeeded; 3: too many documents failed; 4: a mass delete was refused."""
+    return {SUCCEEDED: 0, REFUSED_MASS_DELETE: 4}.get(row["status"], 3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
+    options = FreshIndexOptions(argv if argv is not None else sys.argv[1:])
+    opts = options.view_as(FreshIndexOptions)
+    if not opts.source:
+        raise SystemExit("--source is required")
+    cfg = opts.to_config()
+    row = run_ingest(
+        cfg,
+        opts.source,
+        argv if argv is not None else sys.argv[1:],
+        opts.run_id,
+        allow_mass_delete=bool(opts.allow_mass_delete),
+        retry_failed=bool(opts.retry_failed),
+    )
+    print(format_summary(row, store.read_errors(store.connect(cfg.db), run_id=row["run_id"])))
+    message = failure_message(row, cfg)
+    if message is not None:
+        print(message, file=sys.stderr)
+    return exit_code(row)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,641 @@
+"""The agent plane: a multi-step loop over tools, on one pinned table version, fully traced.
+
+Tools: ``search`` (vector, fts or hybrid), ``get_document``, ``list_sources``,
+``filter_metadata`` and ``calculate`` (arithmetic, parsed with ``ast``, never ``eval``).
+
+* With a provider that supports tool calls (the gateway's ``tools`` route), the model picks
+  the tools: each step is one model turn plus the tool calls it asked for.
+* Otherwise (the extractive default) a deterministic planner runs: split the question into
+  its parts, compute the arithmetic ones, retrieve for the others and answer each through the
+  gateway, then combine the answers with their citations renumbered.
+
+Every step lands in the trace (step, kind, tool, arguments, result size, latency, model
+call); ``agent.trace_dir`` stores each run's trace as a JSON file.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import operator
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from freshindex.query.accounting import Ledger
+from freshindex.query.config import QueryConfig
+from freshindex.query.context import assemble_context, render, system_prompt
+from freshindex.query.errors import FreshIndexError, NoRoute, QueryError
+from freshindex.query.filters import parse_filters
+from freshindex.query.gateway import ModelGateway
+from freshindex.query.retrieval import PinnedTable, retrieve
+from freshindex.query.types import (
+    MODES,
+    SCAN_CAPPED_WARNING,
+    AgentResult,
+    ChatRequest,
+    ChatResponse,
+    Citation,
+    Hit,
+    Message,
+    ToolSpec,
+    TraceStep,
+)
+
+TOOL_RESULT_CHARS = 6000  # what one tool result may put into the model's context
+
+_FILTERS_SCHEMA = {
+    "type": "array",
+    "description": "conditions ANDed together; fields: doc_id, title, section, source_uri, "
+    "content_type, page_number, chunk_index, run_id, indexed_at, modified_at, metadata.<key>",
+    "items": {
+        "type": "object",
+        "properties": {
+            "field": {"type": "string"},
+            "op": {
+                "type": "string",
+                "enum": ["=", "!=", "<", "<=", ">", ">=", "in", "not_in", "contains", "prefix"],
+            },
+            "value": {},
+        },
+        "required": ["field", "value"],
+    },
+}
+
+TOOLS = (
+    ToolSpec(
+        "search",
+        "Search the indexed chunks. Returns the best chunks with doc_id, chunk_id and text.",
+        {
+            "type": "object",
+            "properties": {
+                "query": {"type": "string"},
+                "mode": {"type": "string", "enum": list(MODES)},
+                "k": {"type": "integer", "minimum": 1, "maximum": 20},
+                "filters": _FILTERS_SCHEMA,
+            },
+            "required": ["query"],
+        },
+    ),
+    ToolSpec(
+        "get_document",
+        "All chunks of one document, in order.",
+        {"type": "object", "properties": {"doc_id": {"type": "string"}}, "required": ["doc_id"]},
+    ),
+    ToolSpec(
+        "list_sources",
+        "The documents in the index: doc_id, title, source, content type, chunk count.",
+        {
+            "type": "object",
+            "properties": {"filters": _FILTERS_SCHEMA, "limit": {"type": "integer"}},
+        },
+    ),
+    ToolSpec(
+        "filter_metadata",
+        "Chunks whose fields or metadata match the filters (no text query).",
+        {
+            "type": "object",
+            "properties": {"filters": _FILTERS_SCHEMA, "limit": {"type": "integer"}},
+            "required": ["filters"],
+        },
+    ),
+    ToolSpec(
+        "calculate",
+        "Evaluate arithmetic: + - * / // % ** and abs, round, min, max, sqrt, log, exp.",
+        {
+            "type": "object",
+            "properties": {"expression": {"type": "string"}},
+            "required": ["expression"],
+        },
+    ),
+)
+
+# ---------------------------------------------------------------- arithmetic
+
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+_FUNCTIONS: dict[str, Callable[..., float]] = {
+    "abs": abs,
+    "round": round,
+    "min": min,
+    "max": max,
+    "sqrt": math.sqrt,
+    "log": math.log,
+    "exp": math.exp,
+}
+
+
+MAX_MAGNITUDE = 1e100  # every operand and every intermediate result stays within this
+MAX_EXPONENT = 64
+MAX_ROUND_DIGITS = 15
+MAX_EXPRESSION_CHARS = 200
+
+
+def _bounded(value: float | int) -> float | int:
+    if isinstance(value, complex):  # (-8) ** 0.5
+        raise QueryError("the result is not a real number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise QueryError("the result is not a finite number")
+    if abs(value) > MAX_MAGNITUDE:
+        raise QueryError(
+            f"a number in this calculation is larger than {MAX_MAGNITUDE:g}",
+            hint="the calculator is for arithmetic on quantities, not big-number work",
+        )
+    return value
+
+
+def _power(base: float | int, exponent: float | int) -> float | int:
+    """``base ** exponent``, refused before it is computed when the result would pass the
+    magnitude cap (a power is where a short expression grows a huge number)."""
+    if abs(exponent) > MAX_EXPONENT:
+        raise QueryError(f"exponents are limited to {MAX_EXPONENT}, got {exponent:g}")
+    if abs(base) > 1 and exponent > 0 and exponent * math.log10(abs(base)) > 100:
+        raise QueryError(f"{base:g} ** {exponent:g} is larger than {MAX_MAGNITUDE:g}")
+    if base == 0 and exponent < 0:
+        raise ZeroDivisionError("0 cannot be raised to a negative power")
+    return base**exponent
+
+
+def _round(value: float | int, digits: float | int = 0) -> float | int:
+    if not isinstance(digits, int) or abs(digits) > MAX_ROUND_DIGITS:
+        raise QueryError(f"round() takes a whole number of digits within ±{MAX_ROUND_DIGITS}")
+    return round(value, digits)
+
+
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: _power,
+}
+_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+_FUNCTIONS: dict[str, Callable[..., float]] = {
+    "abs": abs,
+    "round": _round,
+    "min": min,
+    "max": max,
+    "sqrt": math.sqrt,
+    "log": math.log,
+    "exp": math.exp,
+}
+
+
+def calculate(expression: str) -> float | int:
+    """Arithmetic on numbers only; names other than a few math functions are refused.
+
+    Every operand and intermediate result is kept within ``MAX_MAGNITUDE`` (exponents within
+    ``MAX_EXPONENT``), so no expression of at most 200 characters costs real time or memory;
+    past a limit the tool answers with a ``QueryError`` the model can read.
+    """
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise QueryError(f"the expression is longer than {MAX_EXPRESSION_CHARS} characters")
+    text = expression.replace("^", "**").replace("×", "*").replace("÷", "/")
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        raise QueryError(f"not an arithmetic expression: {expression[:80]!r}") from exc
+
+    def ev(node: ast.AST) -> float | int:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return _bounded(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            left, right = ev(node.left), ev(node.right)
+            return _bounded(_BINARY[type(node.op)](left, right))
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+            return _UNARY[type(node.op)](ev(node.operand))
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCTIONS
+            and not node.keywords
+            and 1 <= len(node.args) <= 8
+        ):
+            return _bounded(_FUNCTIONS[node.func.id](*(ev(a) for a in node.args)))
+        raise QueryError(f"not allowed in arithmetic: {ast.dump(node)[:60]}")
+
+    try:
+        result = ev(tree)
+    except (ZeroDivisionError, OverflowError, ValueError, TypeError, RecursionError) as exc:
+        raise QueryError(f"cannot compute {expression[:80]!r}: {exc}") from exc
+    if isinstance(result, float) and result.is_integer() and abs(result) < 1e15:
+        return int(result)
+    return round(result, 10) if isinstance(result, float) else result
+
+
+# ---------------------------------------------------------------- tools
+
+
+def _hit_view(h: Hit, max_chars: int = 800) -> dict[str, Any]:
+    return {
+        "doc_id": h.doc_id,
+        "chunk_id": h.chunk_id,
+        "score": round(h.score, 4),
+        "section": h.section,
+        "source_uri": h.source_uri,
+        "text": h.text[:max_chars],
+    }
+
+
+@dataclass
+class Toolbox:
+    """The agent's tools, all reading one pinned version."""
+
+    pinned: PinnedTable
+    default_k: int = 5
+    hits_seen: dict[str, Hit] = field(default_factory=dict)
+
+    def run(self, name: str, args: dict[str, Any]) -> Any:
+        fn = getattr(self, f"tool_{name}", None)
+        if fn is None or name not in {t.name for t in TOOLS}:
+            raise QueryError(f"unknown tool {name!r}", hint=f"tools: {[t.name for t in TOOLS]}")
+        if not isinstance(args, dict):
+            raise QueryError(f"tool {name}: arguments must be an object")
+        return fn(**args)
+
+    def tool_search(self, query: str, mode: str = "hybrid", k: int | None = None, filters=None):
+        k = max(1, min(int(k or self.default_k), 20))
+        hits = retrieve(self.pinned, str(query), mode=mode, k=k, filters=filters)
+        for h in hits:
+            self.hits_seen.setdefault(h.chunk_id, h)
+        return [_hit_view(h) for h in hits]
+
+    def tool_get_document(self, doc_id: str):
+        rows = self.pinned.rows_where(parse_filters([("doc_id", "=", str(doc_id))]))
+        for r in rows:
+            hit = self.pinned.hit(r, 1.0, "lookup")
+            self.hits_seen.setdefault(hit.chunk_id, hit)
+        return {
+            "doc_id": doc_id,
+            "found": bool(rows),
+            "chunks": [{"chunk_id": r["chunk_id"], "text": r["text"]} for r in rows],
+        }
+
+    def tool_list_sources(self, filters=None, limit: int = 100):
+        docs: dict[str, dict[str, Any]] = {}
+        rows = self.pinned.rows_where(parse_filters(filters))
+        for r in rows:
+            entry = docs.setdefault(
+                r["doc_id"],
+                {
+                    "doc_id": r["doc_id"],
+                    "title": r["title"],
+                    "source_uri": r["source_uri"],
+                    "content_type": r["content_type"],
+                    "chunks": 0,
+                },
+            )
+            entry["chunks"] += 1
+        return _noting_cap(list(docs.values())[: max(1, int(limit))], rows)
+
+    def tool_filter_metadata(self, filters, limit: int = 20):
+        rows = self.pinned.rows_where(parse_filters(filters), limit=max(1, min(int(limit), 100)))
+        return _noting_cap(
+            [
+                {"doc_id": r["doc_id"], "chunk_id": r["chunk_id"], "text": r["text"][:300]}
+                for r in rows
+            ],
+            rows,
+        )
+
+    def tool_calculate(self, expression: str):
+        return {"expression": expression, "result": calculate(str(expression))}
+
+
+def _noting_cap(items: list, rows) -> list:
+    """A listing read from a capped scan ends with a note the model can read."""
+    if getattr(rows, "scan_capped", False):
+        return [*items, {"warning": SCAN_CAPPED_WARNING}]
+    return items
+
+
+def _size(result: Any) -> int:
+    return len(result) if isinstance(result, list | dict) else 1
+
+
+def _model_call(response: ChatResponse) -> dict[str, Any]:
+    return {
+        "provider": response.provider,
+        "model": response.model,
+        "tokens_in": response.usage.tokens_in,
+        "tokens_out": response.usage.tokens_out,
+        "cached": response.cached,
+        "latency_ms": round(response.latency_ms, 3),
+        "tool_calls": [c.name for c in response.tool_calls],
+    }
+
+
+# ---------------------------------------------------------------- planning
+
+
+_PART_SPLIT = re.compile(
+    r"(?<=\?)\s+|;\s+|,?\s+(?:and|also|then)\s+(?=(?:what|how|why|when|where|who|which|is|are|"
+    r"does|do|can|should|list|compute|calculate)\b)",
+    re.IGNORECASE,
+)
+_LEAD = re.compile(r"^(?:and|also|then|plus)\s+", re.IGNORECASE)
+_ARITHMETIC = re.compile(r"[-+(]?\d[\d.,]*(?:\s*(?:[-+*/×÷^%]|\*\*)\s*[-+(]?\d[\d.,]*\)?)+")
+
+
+def split_question(question: str) -> list[str]:
+    """The parts of a multi-part question (one part when it has no separable clauses)."""
+    parts = [_LEAD.sub("", p.strip(" ,;")) for p in _PART_SPLIT.split(question.strip())]
+    return [p for p in parts if len(p.split()) >= 2 or _ARITHMETIC.search(p)] or [question]
+
+
+def arithmetic_in(part: str) -> str | None:
+    match = _ARITHMETIC.search(part)
+    return match.group(0).replace(",", "") if match else None
+
+
+def _renumber(text: str, passages: tuple[Hit, ...], order: list[Hit]) -> str:
+    """Rewrite a sub-answer's ``[n]`` markers into the combined answer's numbering."""
+
+    def sub(match: re.Match) -> str:
+        n = int(match.group(1))
+        if not 1 <= n <= len(passages):
+            return match.group(0)
+        hit = passages[n - 1]
+        ids = [h.chunk_id for h in order]
+        if hit.chunk_id not in ids:
+            order.append(hit)
+            ids.append(hit.chunk_id)
+        return f"[{ids.index(hit.chunk_id) + 1}]"
+
+    return re.sub(r"\[(\d{1,3})\]", sub, text)
+
+
+class Agent:
+    def __init__(self, qcfg: QueryConfig, gateway: ModelGateway):
+        self.qcfg = qcfg
+        self.gateway = gateway
+        self._deadline: float | None = None  # set per run
+
+    def run(
+        self,
+        question: str,
+        pinned: PinnedTable,
+        *,
+        max_steps: int | None = None,
+        planner: str = "auto",
+        mode: str | None = None,
+        k: int | None = None,
+        filters=None,
+        ledger: Ledger | None = None,
+        store_trace: bool = True,
+        deadline: float | None = None,
+    ) -> AgentResult:
+        """Answer ``question``; ``planner``: auto (tools when a tool-calling model is routed),
+        tools, or deterministic. Every model call of the run shares ``deadline`` (default:
+        ``gateway.request_deadline_s`` from now)."""
+        self._deadline = self.gateway.deadline() if deadline is None else deadline
+        max_steps = max_steps or self.qcfg.agent.max_steps
+        ledger = ledger or self.gateway.ledger.child()
+        box = Toolbox(pinned, default_k=k or self.qcfg.retrieval.k)
+        result: AgentResult | None = None
+        trace: list[TraceStep] = []
+        if planner not in ("auto", "tools", "deterministic"):
+            raise QueryError(f"planner must be auto, tools or deterministic, got {planner!r}")
+        probe = ChatRequest((Message("user", question),), task="agent", tools=TOOLS)
+        if planner == "tools" or (planner == "auto" and self.gateway.route(probe).providers):
+            try:
+                result = self._tool_loop(question, pinned, box, max_steps, ledger, trace)
+            except NoRoute as exc:
+                if planner == "tools":
+                    raise
+                trace.append(
+                    TraceStep(
+                        len(trace) + 1,
+                        "plan",
+                        None,
+                        {},
+                        0,
+                        0.0,
+                        summary="tool-calling model unavailable, using the deterministic planner",
+                        error=str(exc).splitlines()[0],
+                    )
+                )
+        if result is None:
+            result = self._deterministic(
+                question, pinned, box, max_steps, ledger, trace, mode=mode, filters=filters
+            )
+        result = replace(result, accounting=ledger.summary())
+        if store_trace and self.qcfg.agent.trace_dir:
+            result = replace(result, trace_path=self._store(result))
+        return result
+
+    # ---- tool-calling loop
+
+    def _tool_loop(self, question, pinned, box, max_steps, ledger, trace) -> AgentResult:
+        system = system_prompt(
+            self.qcfg.context.prompts_path,
+            "agent",
+            table=pinned.name,
+            version=str(pinned.version),
+            max_steps=str(max_steps),
+        )
+        messages: list[Message] = [Message("system", system), Message("user", question)]
+        for step in range(1, max_steps + 1):
+            request = ChatRequest(tuple(messages), task="agent", tools=TOOLS, question=question)
+            started = time.perf_counter()
+            response = self.gateway.complete(request, ledger=ledger, deadline=self._deadline)
+            trace.append(
+                TraceStep(
+                    step,
+                    "model",
+                    None,
+                    {},
+                    len(response.tool_calls) or 1,
+                    (time.perf_counter() - started) * 1000,
+                    model_call=_model_call(response),
+                    summary=(response.text or "")[:200],
+                )
+            )
+            if not response.tool_calls:
+                answer = response.text.strip()
+                return self._final(question, answer, box, trace, step, "final", "tools", pinned)
+            messages.append(Message("assistant", response.text or None, response.tool_calls))
+            for call in response.tool_calls:
+                started = time.perf_counter()
+                error = None
+                try:
+                    result = box.run(call.name, call.arguments)
+                except (FreshIndexError, TypeError, ValueError) as exc:
+                    result, error = {"error": str(exc)}, str(exc).splitlines()[0]
+                payload = json.dumps(result, default=str)[:TOOL_RESULT_CHARS]
+                trace.append(
+                    TraceStep(
+                        step,
+                        "tool",
+                        call.name,
+                        call.arguments,
+                        _size(result),
+                        (time.perf_counter() - started) * 1000,
+                        summary=payload[:200],
+                        error=error,
+                    )
+                )
+                messages.append(Message("tool", payload, tool_call_id=call.id, name=call.name))
+        answer = f"Stopped after {max_steps} steps without a final answer."
+        return self._final(question, answer, box, trace, max_steps, "step_limit", "tools", pinned)
+
+    def _final(self, question, answer, box, trace, steps, stopped, planner, pinned) -> AgentResult:
+        citations = []
+        for i, (doc_id, chunk_id) in enumerate(
+            dict.fromkeys(re.findall(r"\[([^\[\]#\s]+)#([0-9a-f]{6,64})\]", answer)), start=1
+        ):
+            hit = box.hits_seen.get(chunk_id)
+            citations.append(
+                Citation(i, doc_id, chunk_id, hit.source_uri if hit else None, None, None)
+            )
+        return AgentResult(
+            question=question,
+            answer=answer,
+            answered=stopped == "final" and bool(answer),
+            citations=tuple(citations),
+            trace=tuple(trace),
+            steps=steps,
+            stopped=stopped,
+            planner=planner,
+            table_version=pinned.version,
+        )
+
+    # ---- deterministic planner
+
+    def _deterministic(
+        self, question, pinned, box, max_steps, ledger, trace, *, mode, filters
+    ) -> AgentResult:
+        parts = split_question(question)
+        trace.append(
+            TraceStep(
+                len(trace) + 1,
+                "plan",
+                None,
+                {"parts": parts},
+                len(parts),
+                0.0,
+                summary=f"{len(parts)} part(s)",
+            )
+        )
+        step = 1
+        answers: list[tuple[str, str, bool]] = []
+        order: list[Hit] = []
+        stopped = "final"
+        for part in parts:
+            if step > max_steps:
+                stopped = "step_limit"
+                break
+            expression = arithmetic_in(part)
+            if expression:
+                started = time.perf_counter()
+                try:
+                    value = box.tool_calculate(expression)
+                    answers.append((part, f"{expression} = {value['result']}", True))
+                    error = None
+                except QueryError as exc:
+                    value, error = {"error": str(exc)}, str(exc)
+                    answers.append((part, f"cannot compute {expression}", False))
+                trace.append(
+                    TraceStep(
+                        step,
+                        "tool",
+                        "calculate",
+                        {"expression": expression},
+                        1,
+                        (time.perf_counter() - started) * 1000,
+                        summary=json.dumps(value, default=str)[:200],
+                        error=error,
+                    )
+                )
+                step += 1
+                continue
+            args = {"query": part, "mode": mode or self.qcfg.retrieval.mode, "k": box.default_k}
+            if filters:
+                args["filters"] = filters
+            started = time.perf_counter()
+            hits_view = box.tool_search(**args)
+            hits = tuple(box.hits_seen[h["chunk_id"]] for h in hits_view)
+            trace.append(
+                TraceStep(
+                    step,
+                    "tool",
+                    "search",
+                    args,
+                    len(hits),
+                    (time.perf_counter() - started) * 1000,
+                    summary=", ".join(h.citation for h in hits[:5]),
+                )
+            )
+            context, used = assemble_context(hits, self.qcfg.context.max_tokens)
+            messages = render(
+                self.qcfg.context.prompts_path, "answer", question=part, context=context
+            )
+            request = ChatRequest(messages, task="answer", question=part, context=used)
+            started = time.perf_counter()
+            response = self.gateway.complete(request, ledger=ledger, deadline=self._deadline)
+            trace.append(
+                TraceStep(
+                    step,
+                    "model",
+                    None,
+                    {"question": part, "passages": len(used)},
+                    len(response.citations) or 1,
+                    (time.perf_counter() - started) * 1000,
+                    model_call=_model_call(response),
+                    summary=response.text[:200],
+                )
+            )
+            answered = response.answered and not response.text.startswith("The context does not")
+            text = _renumber(response.text, used, order) if answered else response.text
+            answers.append((part, text, answered))
+            step += 1
+        if len(answers) == 1:
+            combined = answers[0][1]
+        else:
+            combined = "\n".join(f"{i}. {p} — {a}" for i, (p, a, _) in enumerate(answers, 1))
+        if stopped == "step_limit":
+            left = len(parts) - len(answers)
+            combined += f"\n(stopped after {max_steps} steps; {left} part(s) unanswered)"
+        citations = tuple(
+            Citation(i, h.doc_id, h.chunk_id, h.source_uri, None, h.score)
+            for i, h in enumerate(order, start=1)
+        )
+        return AgentResult(
+            question=question,
+            answer=combined,
+            answered=any(a for _, _, a in answers),
+            citations=citations,
+            trace=tuple(trace),
+            steps=min(step - 1, max_steps),
+            stopped=stopped,
+            planner="deterministic",
+            table_version=pinned.version,
+        )
+
+    def _store(self, result: AgentResult) -> str:
+        folder = Path(self.qcfg.agent.trace_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(result.question.encode()).hexdigest()[:8]
+        path = folder / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{digest}.json"
+        path.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        return str(path)
+
+
+__all__ = ["TOOLS", "Agent", "Toolbox", "calculate", "split_question"]

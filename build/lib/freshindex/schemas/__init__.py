@@ -1,0 +1,1 @@
+"""Contracts between stages (records.py) and the pinned LanceDB table schemas (tables.py)."""

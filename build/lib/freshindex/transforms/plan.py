@@ -1,0 +1,205 @@
+"""Plan: compare the source with the index's own ledger and decide what to do per document.
+
+The ledger is the chunks table itself (content hash, settings fingerprint, source URI and
+owning namespace stored beside every chunk), read at the version the run started from.
+A document is
+
+- skipped when its content hash and fingerprint are unchanged (not parsed, not embedded),
+- processed when it is new or changed (``updated`` lists those the table already has),
+- refused (an ``errors`` row, ``NamespaceConflict``) when the table has it under another
+  source's namespace: a folder or a topic never replaces another source's document,
+- deleted when the table has it in this source's namespace, the source's pattern can
+  produce its URI, and the source no longer has it (``sync: full`` only). A document the
+  source listed but could not read (``failed``) is present: a transient read error never
+  deletes anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import apache_beam as beam
+
+from freshindex import store
+from freshindex.schemas.records import ErrorRecord, SourceRef
+
+PROCESS, SKIPPED, UPDATED, DELETED, ERRORS = "process", "skipped", "updated", "deleted", "errors"
+NAMESPACE_CONFLICT = "NamespaceConflict"
+
+# Does a stored document's source_uri come from this source? (``SourceSpec.owns``)
+Owns = Callable[[str | None], bool]
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """Where a run reads and writes: the database, the table, and the version it started from."""
+
+    db_uri: str
+    table: str
+    version: int | None  # None: the table does not exist yet
+
+
+def ledger_entry(stored: Sequence) -> store.LedgerEntry:
+    """A ledger value as a LedgerEntry; tests and old callers pass shorter tuples."""
+    return store.LedgerEntry(*stored)
+
+
+def may_write(entry: store.LedgerEntry, namespace: str | None, owns: Owns | None) -> bool:
+    """May a source in ``namespace`` replace or delete the stored document ``entry``?
+
+    Yes when the document is in the same namespace. A document written before namespaces
+    existed (namespace None) belongs to whichever source could have produced its URI
+    (``owns``), so an upgrade neither locks a source out of its own documents nor opens
+    them to every producer. ``namespace`` None turns the check off.
+    """
+    if namespace is None:
+        return True
+    if entry.namespace is not None:
+        return entry.namespace == namespace
+    return owns is None or owns(entry.source_uri)
+
+
+def namespace_conflict(
+    doc_id: str, entry: store.LedgerEntry, namespace: str, action: str, source_uri: str | None
+) -> ErrorRecord:
+    """The errors row of a refused write or delete of another namespace's document."""
+    owner = entry.namespace or f"the source of {entry.source_uri}"
+    return ErrorRecord(
+        stage="plan",
+        error_class=NAMESPACE_CONFLICT,
+        message=f"refused to {action} document {doc_id!r}: it belongs to namespace {owner!r}, "
+        f"this source writes namespace {namespace!r}; the stored document is unchanged. "
+        "Give the two sources the same namespace (ingest.namespace / stream.namespace) if "
+        "they are meant to share documents, or index them into separate tables",
+        doc_id=doc_id,
+        source_uri=source_uri,
+    )
+
+
+class _LoadLedger(beam.DoFn):
+    def process(self, ref: TableRef) -> Iterator[tuple[str, store.LedgerEntry]]:
+        if ref.version is None:
+            return
+        table = store.open_chunks(store.connect(ref.db_uri), ref.table)
+        table.checkout(ref.version)
+        yield from store.read_ledger(table).items()
+
+
+class ReadLedger(beam.PTransform):
+    """(doc_id, LedgerEntry) for every document in the table at ``ref.version``."""
+
+    def __init__(self, ref: TableRef):
+        super().__init__()
+        self._ref = ref
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "TableRef" >> beam.Create([self._ref])
+            | "LoadLedger" >> beam.ParDo(_LoadLedger())
+        )
+
+
+def decide(
+    doc_id: str,
+    refs: list[SourceRef],
+    ledger: list[Sequence],
+    fingerprint: str,
+    sync: str,
+    owns: Owns | None = None,
+    *,
+    namespace: str | None = None,
+    failed: bool = False,
+) -> Iterator[tuple[str, object]]:
+    """The plan for one document id: (tag, value) pairs. Pure, so tests call it directly.
+
+    ``ledger`` holds the stored LedgerEntry (content_hash, fingerprint[, source_uri,
+    namespace]) of a document the table has; ``owns(source_uri)`` says whether this
+    source's pattern can produce a URI (None: any); ``namespace`` is the namespace this
+    source writes (None: no ownership checks); ``failed``: the source listed the document
+    but could not read it, so it is present, not gone.
+    """
+    entry = ledger_entry(ledger[0]) if ledger else None
+    if not refs:
+        if entry is None or sync != "full" or failed:
+            return
+        if may_write(entry, namespace, owns) and (owns is None or owns(entry.source_uri)):
+            yield DELETED, doc_id
+        return
+    if len(refs) > 1:
+        uris = sorted(r.source_uri for r in refs)
+        yield (
+            ERRORS,
+            ErrorRecord(
+                stage="plan",
+                error_class="DuplicateDocumentId",
+                message=f"{len(refs)} source entries share doc id {doc_id!r}: {uris[:3]}; "
+                "the last one by source order was kept",
+                doc_id=doc_id,
+                source_uri=uris[0],
+            ),
+        )
+    ref = sorted(refs, key=lambda r: r.source_uri)[-1]
+    if entry is not None:
+        if not may_write(entry, namespace, owns):
+            yield ERRORS, namespace_conflict(doc_id, entry, namespace, "replace", ref.source_uri)
+            return
+        if entry.content_hash == ref.content_hash and entry.fingerprint == fingerprint:
+            yield SKIPPED, doc_id
+            return
+        yield UPDATED, doc_id
+    yield PROCESS, ref
+
+
+def with_source(error: ErrorRecord, **where) -> ErrorRecord:
+    """``error`` with the fields that say where it came from (topic, partition, offset)."""
+    return dataclasses.replace(error, **where)
+
+
+class _Decide(beam.DoFn):
+    def __init__(self, fingerprint: str, sync: str, namespace: str | None, owns: Owns | None):
+        self._fingerprint, self._sync = fingerprint, sync
+        self._namespace, self._owns = namespace, owns
+
+    def process(self, grouped):
+        doc_id, groups = grouped
+        refs, ledger = list(groups["refs"]), list(groups["ledger"])
+        failed = any(True for _ in groups.get("failed", ()))
+        for tag, value in decide(
+            doc_id,
+            refs,
+            ledger,
+            self._fingerprint,
+            self._sync,
+            self._owns,
+            namespace=self._namespace,
+            failed=failed,
+        ):
+            yield value if tag == PROCESS else beam.pvalue.TaggedOutput(tag, value)
+
+
+class PlanChanges(beam.PTransform):
+    """{refs, ledger[, failed]} -> outputs ``process`` (SourceRef), ``skipped``, ``updated``,
+    ``deleted`` (doc ids) and ``errors``.
+
+    ``failed`` holds (doc_id, None) for documents the source listed but could not read;
+    they count as present. ``namespace`` is the namespace the run writes; ``owns`` tells
+    which stored source URIs this source's pattern can produce (``SourceSpec.owns``).
+    """
+
+    def __init__(self, fingerprint: str, sync: str, namespace: str | None, owns: Owns | None):
+        super().__init__()
+        self._fingerprint, self._sync = fingerprint, sync
+        self._namespace, self._owns = namespace, owns
+
+    def expand(self, inputs):
+        keyed_refs = inputs["refs"] | "KeyRefs" >> beam.Map(lambda r: (r.doc_id, r))
+        joined = {"refs": keyed_refs, "ledger": inputs["ledger"]}
+        if "failed" in inputs:
+            joined["failed"] = inputs["failed"]
+        grouped = joined | "JoinLedger" >> beam.CoGroupByKey()
+        return grouped | "Decide" >> beam.ParDo(
+            _Decide(self._fingerprint, self._sync, self._namespace, self._owns)
+        ).with_outputs(SKIPPED, UPDATED, DELETED, ERRORS, main=PROCESS)

@@ -1,0 +1,270 @@
+"""Read: a source -> SourceRef per document, with a content hash and a stable doc id.
+
+A source is a folder, a glob, or a Beam filesystem URI (local now; gs:// and s3://
+through Beam's filesystems), or a BEIR-style JSONL file of ``{_id, title, text}``
+records, so benchmark corpora ingest through the same pipeline.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import posixpath
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes, FileSystem
+
+from freshindex.errors import SourceError
+from freshindex.schemas.records import ErrorRecord, SourceRef, check_metadata, sha256_hex
+from freshindex.transforms.parse import RECORD_CONTENT_TYPE, content_type_for
+from freshindex.transforms.source_io import inside_root, is_local, open_regular
+
+ERRORS_TAG = "errors"
+_GLOB_CHARS = set("*?[")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson")
+
+
+@functools.lru_cache(maxsize=64)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    # Beam's own translation, so ownership and ``fileio.MatchFiles`` agree on every path:
+    # ``*`` stays inside one folder, ``**`` crosses folders, ``?`` and ``[..]`` as fnmatch
+    if pattern.endswith("/"):
+        pattern += "*"  # as FileSystem.match does
+    return re.compile(FileSystem.translate_pattern(pattern))
+
+
+def pattern_matches(pattern: str, path: str | None) -> bool:
+    """Whether ``path`` (a local path or a URI) is one that matching ``pattern`` can list.
+
+    >>> pattern_matches("/data/dir/*.txt", "/data/dir/guide/a.txt")
+    False
+    """
+    return bool(path) and _glob_regex(pattern).match(path) is not None
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A resolved source: what to match, the root that doc ids are relative to, and what
+    it owns.
+
+    A source owns exactly the documents its pattern can produce (``owns``): a sync deletes
+    nothing else. Its ``namespace`` (default ``files:<root>`` or ``jsonl:<file>``) is the
+    set of documents it may write: sources with the same root agree on what each doc id
+    means (the path relative to that root), so a folder and a narrower glob of it share one
+    namespace, while another folder with the same relative paths does not.
+    """
+
+    raw: str
+    kind: str  # "files" | "jsonl"
+    pattern: str
+    root: str
+    namespace_override: str | None = None
+
+    @property
+    def namespace(self) -> str:
+        if self.namespace_override:
+            return self.namespace_override
+        if self.kind == "jsonl":
+            return f"jsonl:{self.raw}"
+        return f"files:{self.root.rstrip('/') or '/'}"
+
+    def owns(self, source_uri: str | None) -> bool:
+        """Whether a stored document with this source_uri came from what this source reads."""
+        if not source_uri:
+            return False
+        if self.kind == "jsonl":
+            # a record's URI is "<file>#<record id>"; a JSONL glob matches the file part
+            path, sep, _ = source_uri.rpartition("#")
+            return bool(sep) and (path == self.raw or pattern_matches(self.pattern, path))
+        return pattern_matches(self.pattern, source_uri)
+
+
+def resolve_source(source: str, namespace: str | None = None) -> SourceSpec:
+    """Decide how to read ``source``; local sources are checked here, where the user gave them,
+    and made absolute so document URIs do not depend on the working directory. ``namespace``
+    overrides the default one (``SourceSpec.namespace``).
+
+    >>> resolve_source("samples/corpus").kind
+    'files'
+    """
+    local = "://" not in source or source.startswith("file://")
+    if local:
+        source = os.path.abspath(source.removeprefix("file://"))
+    if source.endswith(JSONL_SUFFIXES):
+        if local and not os.path.isfile(source):
+            raise SourceError(f"JSONL source {source} does not exist")
+        return SourceSpec(source, "jsonl", source, posixpath.dirname(source), namespace)
+    parts = source.split("/")
+    if any(_GLOB_CHARS & set(p) for p in parts):
+        fixed = []
+        for p in parts:
+            if _GLOB_CHARS & set(p):
+                break
+            fixed.append(p)
+        return SourceSpec(source, "files", source, "/".join(fixed) or "/", namespace)
+    if local:
+        if not os.path.exists(source):
+            raise SourceError(
+                f"source {source} does not exist", hint="give a folder, a glob or a .jsonl file"
+            )
+        if os.path.isfile(source):
+            return SourceSpec(source, "files", source, os.path.dirname(source), namespace)
+    root = source.rstrip("/")
+    return SourceSpec(source, "files", root + "/**", root, namespace)
+
+
+def doc_id_for(path: str, root: str) -> str:
+    """The path relative to the source root, with forward slashes."""
+    root = root.rstrip("/")
+    if "://" not in path:
+        path, root = os.path.abspath(path), os.path.abspath(root)
+    rel = path[len(root) :].lstrip("/") if path.startswith(root) else posixpath.basename(path)
+    return rel.replace(os.sep, "/")
+
+
+def _hidden(doc_id: str) -> bool:
+    return any(part.startswith(".") for part in doc_id.split("/"))
+
+
+class _RefFromFile(beam.DoFn):
+    """A matched file -> SourceRef with its content hash. A local file is read only if it is
+    a regular file whose real path stays inside the source root
+    (``freshindex.transforms.source_io``):
+    a symlink out of the root or a FIFO becomes an error row, never a read or a hang."""
+
+    def __init__(self, root: str):
+        self._root = root
+
+    def setup(self) -> None:
+        self._real_root = os.path.realpath(self._root) if is_local(self._root) else None
+
+    def _open(self, readable: fileio.ReadableFile, doc_id: str):
+        path = readable.metadata.path
+        if self._real_root is None or not is_local(path):
+            return readable.open(compression_type=CompressionTypes.UNCOMPRESSED)
+        real = inside_root(path, self._root, doc_id=doc_id)
+        return open_regular(real, roots=(self._real_root,))
+
+    def process(self, readable: fileio.ReadableFile) -> Iterator[SourceRef]:
+        meta = readable.metadata
+        doc_id = doc_id_for(meta.path, self._root)
+        if _hidden(doc_id):
+            return
+        content_type = content_type_for(meta.path)
+        if content_type is None:
+            ext = posixpath.splitext(meta.path)[1] or "(none)"
+            yield beam.pvalue.TaggedOutput(
+                ERRORS_TAG,
+                ErrorRecord(
+                    stage="read",
+                    error_class="UnsupportedFormat",
+                    message=f"unsupported file type {ext}; supported: md, html, pdf, docx, "
+                    "pptx, txt",
+                    doc_id=doc_id,
+                    source_uri=meta.path,
+                ),
+            )
+            return
+        try:
+            digest = hashlib.sha256()
+            with self._open(readable, doc_id) as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except Exception as exc:  # unreadable or not allowed: recorded, the run goes on
+            yield beam.pvalue.TaggedOutput(
+                ERRORS_TAG,
+                ErrorRecord.from_exception("read", exc, doc_id=doc_id, source_uri=meta.path),
+            )
+            return
+        yield SourceRef(
+            doc_id=doc_id,
+            source_uri=meta.path,
+            content_hash=digest.hexdigest(),
+            content_type=content_type,
+            size=meta.size_in_bytes,
+            modified_at=meta.last_updated_in_seconds or None,
+        )
+
+
+def ref_from_record(line: str, source_uri: str) -> SourceRef:
+    """One BEIR-style JSONL record -> SourceRef; raises ValueError on a bad record
+    (including ``metadata`` over the caps of ``freshindex.schemas.records.check_metadata``)."""
+    try:
+        record = json.loads(line)
+    except RecursionError:
+        raise ValueError("the record nests too deeply to decode") from None
+    if not isinstance(record, dict):
+        raise ValueError("a JSONL record must be an object")
+    doc_id = record.get("_id", record.get("id", record.get("doc_id")))
+    if doc_id is None or str(doc_id) == "":
+        raise ValueError("record has no _id")
+    text = record.get("text")
+    if not isinstance(text, str):
+        raise ValueError(f"record {doc_id} has no text string")
+    title = record.get("title") or None
+    metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+    try:
+        check_metadata(metadata)
+    except ValueError as exc:
+        raise ValueError(f"record {doc_id}: {exc}") from None
+    canonical = json.dumps(
+        {"title": title, "text": text, "metadata": metadata}, sort_keys=True, ensure_ascii=False
+    )
+    return SourceRef(
+        doc_id=str(doc_id),
+        source_uri=f"{source_uri}#{doc_id}",
+        content_hash=sha256_hex(canonical),
+        content_type=RECORD_CONTENT_TYPE,
+        size=len(text),
+        title=title,
+        inline_text=text,
+        metadata=metadata,
+    )
+
+
+class _RefFromRecord(beam.DoFn):
+    def __init__(self, source_uri: str):
+        self._source_uri = source_uri
+
+    def process(self, line: str) -> Iterator[SourceRef]:
+        if not line.strip():
+            return
+        try:
+            yield ref_from_record(line, self._source_uri)
+        except (ValueError, TypeError) as exc:
+            yield beam.pvalue.TaggedOutput(
+                ERRORS_TAG,
+                ErrorRecord.from_exception(
+                    "read", exc, doc_id=None, source_uri=f"{self._source_uri}: {line[:80]}"
+                ),
+            )
+
+
+class ReadSource(beam.PTransform):
+    """Source -> SourceRef (``.refs``) and ErrorRecord (``.errors``)."""
+
+    def __init__(self, spec: SourceSpec):
+        super().__init__()
+        self._spec = spec
+
+    def expand(self, pbegin):
+        spec = self._spec
+        if spec.kind == "jsonl":
+            lines = pbegin | "ReadJsonLines" >> beam.io.ReadFromText(spec.pattern)
+            return lines | "RecordToRef" >> beam.ParDo(_RefFromRecord(spec.raw)).with_outputs(
+                ERRORS_TAG, main="refs"
+            )
+        files = (
+            pbegin
+            | "MatchFiles" >> fileio.MatchFiles(spec.pattern, empty_match_treatment="ALLOW")
+            | "ReadMatches" >> fileio.ReadMatches(skip_directories=True)
+        )
+        return files | "HashFiles" >> beam.ParDo(_RefFromFile(spec.root)).with_outputs(
+            ERRORS_TAG, main="refs"
+        )

@@ -1,0 +1,499 @@
+"""Write: EmbeddedDocument -> rows of the versioned LanceDB chunks table, in few commits.
+
+Two steps, so parallel workers never race on the table:
+
+1. **Stage** (parallel): each worker writes its documents' rows as Parquet files under
+   ``<db>/_staging/<table>/<run id>/``. A document's rows always land in one file.
+2. **Commit** (a single step, under the table's commit lock): the staged files are merged
+   with ``merge_insert`` on ``chunk_id`` in batches of whole documents. Each merge also
+   deletes the old chunks of the documents it replaces (and, in the last one, documents
+   gone from the source), so a reader sees a document's old chunks or its new ones,
+   never both and never none. The final version is tagged ``run-<run id>`` and the run's
+   manifest row and errors are recorded.
+
+Deletes are decided before the first commit and only when it is safe: a run with more
+failures than ``max_failure_fraction`` deletes nothing, and a run that would delete more
+than ``max_delete_fraction`` of its source's documents refuses to, unless the operator
+allowed it (``--allow-mass-delete``). Under the commit lock, documents that another
+namespace took since the plan was made are dropped from the commit (``NamespaceConflict``).
+
+A run that dies before the commit leaves the table as it was; the next run redoes the work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from freshindex import store
+from freshindex.config import MaintenanceConfig
+from freshindex.schemas.records import KNOWN_BAD, EmbeddedDocument, ErrorRecord
+from freshindex.schemas.tables import chunks_schema
+from freshindex.transforms.plan import Owns, TableRef, may_write, namespace_conflict
+
+log = logging.getLogger(__name__)
+
+# Fault injection for the crash tests: the process dies right after commit N of a run,
+# as a SIGKILL would leave it (no cleanup, no manifest).
+FAULT_CRASH_AFTER_COMMIT = "FRESHINDEX_FAULT_CRASH_AFTER_COMMIT"
+
+# Run statuses (``runs.status``) and the errors rows that explain withheld deletes.
+SUCCEEDED, FAILED_THRESHOLD, REFUSED_MASS_DELETE = (
+    "succeeded",
+    "failed_threshold",
+    "refused_mass_delete",
+)
+DELETES_WITHHELD, MASS_DELETE_REFUSED = "DeletesWithheld", "MassDeleteRefused"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything the write step needs to know about the run, fixed when the pipeline is built."""
+
+    run_id: str
+    kind: str
+    source: str
+    table: TableRef
+    fingerprint: str
+    model: str
+    settings: dict[str, Any]
+    sync: str
+    started_at: float
+    max_failure_fraction: float
+    commit_max_rows: int
+    maintenance: MaintenanceConfig | None = None  # upkeep after the commit; None: skip
+    namespace: str | None = None  # the namespace the run writes; None: no ownership checks
+    owns: Owns | None = None  # which stored source URIs the source's pattern can produce
+    max_delete_fraction: float = 1.0  # refuse to delete more of the source's documents
+    allow_mass_delete: bool = False  # the operator's override of max_delete_fraction
+
+    @property
+    def staging_uri(self) -> str:
+        return store.staging_dir(self.table.db_uri, self.table.table, self.run_id)
+
+
+@dataclass(frozen=True)
+class StagedBatch:
+    path: str
+    doc_ids: tuple[str, ...]
+    rows: int
+    embedded: int
+    reused: int
+
+
+@dataclass
+class CommitResult:
+    """What one commit did; summed over a run into the manifest."""
+
+    versions: list[int] = field(default_factory=list)
+    docs_written: set[str] = field(default_factory=set)
+    docs_deleted: int = 0
+    rows: int = 0
+
+
+def _ts(epoch: float | None) -> dt.datetime | None:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC) if epoch else None
+
+
+def rows_for(
+    docs: Sequence[EmbeddedDocument],
+    *,
+    fingerprint: str,
+    model: str,
+    run_id: str,
+    dim: int,
+    namespace: str | Mapping[str, str] | None = None,
+) -> pa.Table:
+    """Arrow rows of the chunks table for ``docs`` (the pinned schema, vectors float32).
+
+    ``namespace``: the owning namespace of every document, or doc_id -> namespace.
+    """
+    now = store.utcnow()
+    cols: dict[str, list] = {name: [] for name in chunks_schema(dim).names}
+    vectors = []
+    for d in docs:
+        doc = d.document
+        meta = json.dumps(doc.metadata, sort_keys=True, default=str) if doc.metadata else None
+        owner = namespace.get(doc.doc_id) if isinstance(namespace, Mapping) else namespace
+        for chunk in d.chunks:
+            cols["chunk_id"].append(chunk.chunk_id)
+            cols["doc_id"].append(doc.doc_id)
+            cols["chunk_index"].append(chunk.chunk_index)
+            cols["text"].append(chunk.text)
+            cols["text_hash"].append(chunk.text_hash)
+            cols["token_count"].append(chunk.token_count)
+            cols["title"].append(doc.title)
+            cols["section"].append(chunk.section)
+            cols["page_number"].append(chunk.page_number)
+            cols["source_uri"].append(doc.source_uri)
+            cols["content_type"].append(doc.content_type)
+            cols["content_hash"].append(doc.content_hash)
+            cols["modified_at"].append(_ts(doc.modified_at))
+            cols["fingerprint"].append(fingerprint)
+            cols["embedding_model"].append(model)
+            cols["metadata"].append(meta)
+            cols["run_id"].append(run_id)
+            cols["indexed_at"].append(now)
+            cols["namespace"].append(owner)
+        vectors.append(np.asarray(d.vectors, dtype=np.float32).reshape(len(d.chunks), dim))
+    flat = np.concatenate(vectors).reshape(-1) if vectors else np.zeros(0, np.float32)
+    schema = chunks_schema(dim)
+    arrays = []
+    for f in schema:
+        if f.name == "vector":
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim))
+        else:
+            arrays.append(pa.array(cols[f.name], f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def stage_rows(table: pa.Table, staging_uri: str) -> str:
+    fs, root = store.filesystem(staging_uri)
+    fs.create_dir(root, recursive=True)
+    name = f"{uuid.uuid4().hex}.parquet"  # a file name, not an identity: rows carry their ids
+    path = f"{root.rstrip('/')}/{name}"
+    pq.write_table(table, path, filesystem=fs)
+    return f"{staging_uri.rstrip('/')}/{name}"
+
+
+def read_staged(paths: Iterable[str]) -> pa.Table:
+    tables = []
+    for path in paths:
+        fs, p = store.filesystem(path)
+        tables.append(pq.read_table(p, filesystem=fs))
+    return pa.concat_tables(tables) if tables else None
+
+
+def remove_staging(staging_uri: str) -> None:
+    fs, root = store.filesystem(staging_uri)
+    with contextlib.suppress(FileNotFoundError, OSError):
+        fs.delete_dir(root)
+
+
+def group_for_commits(staged: Sequence[StagedBatch], max_rows: int) -> list[list[StagedBatch]]:
+    """Consecutive groups of staged files of at most ``max_rows`` rows (one file may exceed)."""
+    groups: list[list[StagedBatch]] = []
+    current: list[StagedBatch] = []
+    rows = 0
+    for batch in sorted(staged, key=lambda b: b.path):
+        if current and rows + batch.rows > max_rows:
+            groups.append(current)
+            current, rows = [], 0
+        current.append(batch)
+        rows += batch.rows
+    if current:
+        groups.append(current)
+    return groups
+
+
+def commit_changes(
+    table,
+    data: pa.Table | None,
+    *,
+    replace_docs: Iterable[str] = (),
+    delete_docs: Iterable[str] = (),
+) -> int | None:
+    """One atomic commit: upsert ``data`` by chunk id; drop other chunks of ``replace_docs``
+    and every chunk of ``delete_docs``. Returns the new version, or None if nothing to do."""
+    clear = sorted(set(replace_docs) | set(delete_docs))
+    condition = f"doc_id IN ({store.sql_string_list(clear)})" if clear else None
+    if data is None or data.num_rows == 0:
+        if condition is None:
+            return None
+        table.delete(condition)
+        return table.version
+    data = data.cast(table.schema) if data.schema != table.schema else data
+    builder = table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
+    if condition is not None:
+        builder = builder.when_not_matched_by_source_delete(condition)
+    builder.execute(data)
+    return table.version
+
+
+class _StageFn(beam.DoFn):
+    def __init__(self, spec: RunSpec):
+        self._spec = spec
+
+    def process(self, batch: list[EmbeddedDocument]) -> Iterator[StagedBatch]:
+        if not batch:
+            return
+        dim = int(np.asarray(batch[0].vectors).shape[1])
+        table = rows_for(
+            batch,
+            fingerprint=self._spec.fingerprint,
+            model=self._spec.model,
+            run_id=self._spec.run_id,
+            dim=dim,
+            namespace=self._spec.namespace,
+        )
+        path = stage_rows(table, self._spec.staging_uri)
+        yield StagedBatch(
+            path=path,
+            doc_ids=tuple(d.document.doc_id for d in batch),
+            rows=table.num_rows,
+            embedded=sum(d.embedded for d in batch),
+            reused=sum(d.reused for d in batch),
+        )
+
+
+def _vector_dim(spec: RunSpec, staged: Sequence[StagedBatch], db) -> int:
+    """The vector width: from the table or the staged rows; loads the model only when neither."""
+    if spec.table.table in store.table_names(db):
+        return db.open_table(spec.table.table).schema.field("vector").type.list_size
+    if staged:
+        fs, path = store.filesystem(staged[0].path)
+        first = pq.read_schema(path, filesystem=fs)
+        return first.field("vector").type.list_size
+    from freshindex.config import EmbeddingConfig
+    from freshindex.embedding import get_embedder
+
+    return get_embedder(EmbeddingConfig(model=spec.model)).dim
+
+
+def _failed_ids(errors: Iterable[ErrorRecord]) -> set[str]:
+    return {e.doc_id or f"{e.source_uri}:{e.message}" for e in errors}
+
+
+def failure_status(spec: RunSpec, errors: Sequence[ErrorRecord], docs_seen: int) -> str:
+    """``succeeded`` or ``failed_threshold``: more documents failed than the run allows."""
+    total = max(docs_seen + sum(1 for e in errors if e.stage == "read"), 1)
+    over = len(_failed_ids(errors)) / total > spec.max_failure_fraction
+    return FAILED_THRESHOLD if over else SUCCEEDED
+
+
+def guard_deletes(
+    spec: RunSpec,
+    deleted: list[str],
+    errors: Sequence[ErrorRecord],
+    *,
+    docs_seen: int,
+) -> tuple[list[str], str, list[ErrorRecord]]:
+    """(deletes to commit, run status, notices): decided before the first commit.
+
+    A run over ``max_failure_fraction`` deletes nothing (its view of the source is not
+    trusted); one that would delete more than ``max_delete_fraction`` of the source's
+    documents (those it still lists, readable or not, plus those it would delete) refuses
+    unless ``allow_mass_delete``. Notices are errors rows that say what was withheld and why.
+    """
+    status = failure_status(spec, errors, docs_seen)
+    if not deleted:
+        return deleted, status, []
+    if status == FAILED_THRESHOLD:
+        notice = ErrorRecord(
+            stage="commit",
+            error_class=DELETES_WITHHELD,
+            message=f"nothing was deleted: {len(_failed_ids(errors))} documents failed, over "
+            f"ingest.max_failure_fraction={spec.max_failure_fraction}, so the "
+            f"{len(deleted)} documents missing from the source were kept; fix the failures "
+            "(freshindex errors --run latest) and re-run",
+            source_uri=spec.source,
+        )
+        return [], status, [notice]
+    owned = len(deleted) + docs_seen + sum(1 for e in errors if e.stage == "read" and e.doc_id)
+    if len(deleted) / owned > spec.max_delete_fraction and not spec.allow_mass_delete:
+        notice = ErrorRecord(
+            stage="commit",
+            error_class=MASS_DELETE_REFUSED,
+            message=f"refused to delete {len(deleted)} of the source's {owned} documents in "
+            f"the table (over ingest.max_delete_fraction={spec.max_delete_fraction}); "
+            "nothing was deleted. If the source really lost them, re-run with "
+            "--allow-mass-delete (or raise ingest.max_delete_fraction); if not, check the "
+            "source (an unmounted share, a wrong path or glob)",
+            source_uri=spec.source,
+        )
+        return [], REFUSED_MASS_DELETE, [notice]
+    return deleted, status, []
+
+
+def foreign_documents(
+    table, doc_ids: Iterable[str], namespace: str | None, owns: Owns | None
+) -> dict[str, store.LedgerEntry]:
+    """Those of ``doc_ids`` the table now holds under another namespace (read at commit time,
+    under the commit lock: another writer may have taken one since the plan was made)."""
+    if namespace is None:
+        return {}
+    entries = store.ledger_of(table, doc_ids)
+    return {d: e for d, e in entries.items() if not may_write(e, namespace, owns)}
+
+
+def commit_run(
+    spec: RunSpec,
+    staged: Sequence[StagedBatch],
+    errors: Sequence[ErrorRecord],
+    deleted: Sequence[str],
+    updated: Sequence[str],
+    docs_seen: int,
+    docs_skipped: int,
+) -> dict[str, Any]:
+    """The single commit step of a run; returns the manifest row it recorded."""
+    db = store.connect(spec.table.db_uri)
+    errors = list(errors)
+    deleted = sorted(set(deleted)) if spec.sync == "full" else []
+    if deleted and docs_seen == 0:
+        errors.append(
+            ErrorRecord(
+                stage="commit",
+                error_class="EmptySource",
+                message=f"the source matched no documents; refusing to delete all "
+                f"{len(deleted)} documents of the table",
+                source_uri=spec.source,
+            )
+        )
+        deleted = []
+    updated_set = set(updated)
+    deleted, status, notices = guard_deletes(spec, deleted, errors, docs_seen=docs_seen)
+    result = CommitResult()
+    with store.commit_lock(spec.table.db_uri, spec.table.table):
+        table = store.open_or_create_chunks(
+            db,
+            spec.table.table,
+            dim=_vector_dim(spec, staged, db),
+            model=spec.model,
+            settings=spec.settings,
+        )
+        foreign: dict[str, store.LedgerEntry] = {}
+        if table.version != spec.table.version and table.count_rows():
+            # written since the plan (by a stream, another run): check ownership again
+            staged_ids = {d for b in staged for d in b.doc_ids}
+            foreign = foreign_documents(table, staged_ids | set(deleted), spec.namespace, spec.owns)
+            for doc_id, entry in sorted(foreign.items()):
+                action = "delete" if doc_id in deleted else "replace"
+                errors.append(namespace_conflict(doc_id, entry, spec.namespace, action, None))
+            deleted = [d for d in deleted if d not in foreign]
+        groups = group_for_commits(staged, spec.commit_max_rows)
+        for i, group in enumerate(groups):
+            data = read_staged(b.path for b in group)
+            docs_here = {d for b in group for d in b.doc_ids} - foreign.keys()
+            if foreign:
+                keep = pc.invert(pc.is_in(data["doc_id"], value_set=pa.array(sorted(foreign))))
+                data = data.filter(keep)
+            last = i == len(groups) - 1
+            version = commit_changes(
+                table,
+                data,
+                replace_docs=docs_here & updated_set,
+                delete_docs=deleted if last else (),
+            )
+            result.versions.append(version)
+            result.docs_written |= docs_here
+            result.rows += data.num_rows
+            log.info(
+                "commit %d/%d: %d rows -> version %s", i + 1, len(groups), data.num_rows, version
+            )
+            if os.environ.get(FAULT_CRASH_AFTER_COMMIT) == str(i + 1):
+                os._exit(137)
+        if not groups and deleted:
+            result.versions.append(commit_changes(table, None, delete_docs=deleted))
+        result.docs_deleted = len(deleted)
+        store.ensure_scalar_indexes(table)
+        final_version = table.version
+        tag = store.RUN_TAG_PREFIX + spec.run_id
+        store.tag_version(table, tag, final_version)
+    if status == SUCCEEDED:  # conflicts found under the lock count as failures too
+        status = failure_status(spec, errors, docs_seen)
+    row = {
+        "run_id": spec.run_id,
+        "kind": spec.kind,
+        "table_name": spec.table.table,
+        "source": spec.source,
+        "settings": spec.settings,
+        "status": status,
+        "started_at": _ts(spec.started_at),
+        "finished_at": store.utcnow(),
+        "docs_seen": docs_seen,
+        "docs_skipped": docs_skipped,
+        "docs_added": len(result.docs_written - updated_set),
+        "docs_updated": len(result.docs_written & updated_set),
+        "docs_deleted": result.docs_deleted,
+        "docs_failed": len(_failed_ids(errors)),
+        "chunks_embedded": sum(b.embedded for b in staged),
+        "chunks_reused": sum(b.reused for b in staged),
+        "chunks_written": result.rows,
+        "table_version": final_version,
+        "tag": tag,
+        "docs_known_bad": sum(1 for e in errors if e.error_class == KNOWN_BAD),
+    }
+    errors.extend(notices)
+    if spec.maintenance is not None and (result.rows or result.docs_deleted):
+        try:
+            from freshindex.maintain import maintain
+
+            report = maintain(spec.table.db_uri, spec.table.table, spec.maintenance)
+            log.info("%s", report.summary())
+        except Exception as exc:  # the data is committed; upkeep is retried next time
+            log.warning("table upkeep failed: %s", exc)
+            errors.append(
+                ErrorRecord.from_exception(
+                    "maintain", exc, doc_id=None, source_uri=spec.table.table
+                )
+            )
+    store.append_errors(db, spec.run_id, spec.table.table, errors)
+    store.append_run(db, row)
+    remove_staging(spec.staging_uri)
+    return row
+
+
+class _CommitFn(beam.DoFn):
+    def __init__(self, spec: RunSpec):
+        self._spec = spec
+
+    def process(self, _, staged, errors, deleted, updated, docs_seen, docs_skipped):
+        started = time.monotonic()
+        row = commit_run(self._spec, staged, errors, deleted, updated, docs_seen, docs_skipped)
+        log.info("commit step took %.1fs", time.monotonic() - started)
+        yield row
+
+
+class WriteToIndex(beam.PTransform):
+    """EmbeddedDocument -> one manifest row (dict) after the run's commits.
+
+    The other inputs arrive as side inputs, so the commit runs once, after every worker
+    has staged its rows:  ``errors`` (ErrorRecord), ``deleted`` and ``updated`` (doc ids),
+    ``docs_seen`` and ``docs_skipped`` (singleton counts).
+    """
+
+    def __init__(
+        self, spec: RunSpec, *, errors, deleted, updated, docs_seen, docs_skipped, docs_per_file=256
+    ):
+        super().__init__()
+        self._spec, self._docs_per_file = spec, docs_per_file
+        self._side = (errors, deleted, updated, docs_seen, docs_skipped)
+
+    def expand(self, embedded):
+        errors, deleted, updated, docs_seen, docs_skipped = self._side
+        staged = (
+            embedded
+            | "BatchForStaging"
+            >> beam.BatchElements(
+                min_batch_size=self._docs_per_file, max_batch_size=self._docs_per_file
+            )
+            | "StageRows" >> beam.ParDo(_StageFn(self._spec))
+        )
+        return (
+            embedded.pipeline
+            | "CommitTrigger" >> beam.Create([None])
+            | "Commit"
+            >> beam.ParDo(
+                _CommitFn(self._spec),
+                beam.pvalue.AsList(staged),
+                beam.pvalue.AsList(errors),
+                beam.pvalue.AsList(deleted),
+                beam.pvalue.AsList(updated),
+                beam.pvalue.AsSingleton(docs_seen),
+                beam.pvalue.AsSingleton(docs_skipped),
+            )
+        )
