@@ -117,7 +117,7 @@ class MaintenanceConfig:
     """
 
     keep_versions: int = 20  # the last N versions are always kept
-    keep_all_hours: float = 1.0  # and every version newer than this
+    keep_all_hours: float = 0.25  # and every version newer than this
     min_version_age_minutes: float = 10.0  # never remove a version younger than this
     checkpoint_hourly_days: float = 7.0  # older versions: the last of each hour, this long
     checkpoint_daily_days: float = 90.0  # then the last of each day, this long

@@ -206,12 +206,21 @@ def plan_retention(
     )
 
 
-def apply_retention(table, cfg: MaintenanceConfig, now: dt.datetime | None = None):
+@dataclass(frozen=True)
+class RetentionOutcome:
+    plan: RetentionPlan
+    versions_listed: int  # versions before the cleanup
+    versions_removed: int
+    bytes_removed: int
+
+
+def apply_retention(
+    table, cfg: MaintenanceConfig, now: dt.datetime | None = None
+) -> RetentionOutcome:
     """Tag checkpoints, release old run and checkpoint tags, remove the other old versions.
 
     ``now`` (tests, the benchmark) replaces the clock for the policy's ages; Lance measures
-    ``older_than`` against the real clock, so the cutoff is converted with it. Returns the
-    plan and Lance's cleanup statistics.
+    ``older_than`` against the real clock, so the cutoff is converted with it.
     """
     wall = dt.datetime.now()  # Lance's version timestamps are naive local times
     now = now or wall
@@ -222,6 +231,10 @@ def apply_retention(table, cfg: MaintenanceConfig, now: dt.datetime | None = Non
         table.tags.create(name, version)  # before any release: a checkpoint is never bare
     for name in plan.delete_tags:
         table.tags.delete(name)
+    if not set(versions) - plan.keep:
+        # Lance's cleanup reads every manifest, a cost that grows with the versions held:
+        # skipped when the plan removes nothing (a burst of commits inside the window)
+        return RetentionOutcome(plan, len(versions), 0, 0)
     # Lance removes a version only when it is both older than ``older_than`` and not among
     # the last ``retain_versions``: the plan's two kept ranges exactly
     stats = table.to_lance().cleanup_old_versions(
@@ -229,7 +242,7 @@ def apply_retention(table, cfg: MaintenanceConfig, now: dt.datetime | None = Non
         retain_versions=cfg.keep_versions,
         error_if_tagged_old_versions=False,
     )
-    return plan, stats
+    return RetentionOutcome(plan, len(versions), stats.old_versions, stats.bytes_removed)
 
 
 def vector_index(table):
@@ -346,8 +359,7 @@ def maintain(
     with store.commit_lock(db_uri, table_name):
         table = store.open_chunks(db, table_name)
         report.fragments_before = table.stats()["fragment_stats"]["num_fragments"]
-        versions = table.list_versions()
-        report.versions_before = len(versions)
+        opened_at = table.version
         if table.stats()["fragment_stats"]["num_small_fragments"] > 1:
             metrics = table.to_lance().optimize.compact_files()
             report.compaction = {
@@ -359,11 +371,15 @@ def maintain(
             table.to_lance().optimize.optimize_indices()
             table.checkout_latest()
             report.indexes_refreshed = len(table.list_indices())
-        plan, stats = apply_retention(table, cfg, now)
-        report.checkpoints_tagged = len(plan.create_tags)
-        report.tags_released = list(plan.delete_tags)
-        report.bytes_reclaimed = stats.bytes_removed
-        report.versions_removed = stats.old_versions
+        retained = apply_retention(table, cfg, now)
+        # versions are numbered consecutively: counting them from the one listing that
+        # retention needs spares two more reads of every manifest
+        report.versions_before = retained.versions_listed - (table.version - opened_at)
+        report.versions_removed = retained.versions_removed
+        report.bytes_reclaimed = retained.bytes_removed
+        report.checkpoints_tagged = len(retained.plan.create_tags)
+        report.tags_released = list(retained.plan.delete_tags)
+        retention_version = table.version
     report.staging_removed, report.staging_bytes_freed = store.remove_stale_staging(
         db_uri, table_name, cfg.staging_max_age_hours * 3600
     )
@@ -371,7 +387,9 @@ def maintain(
     if ann:
         report.ann = ensure_ann_index(db, table, cfg)
         table = store.open_chunks(db, table_name)
-    report.versions_after = len(table.list_versions())
+    report.versions_after = (
+        retained.versions_listed - retained.versions_removed + table.version - retention_version
+    )
     report.fragments_after = table.stats()["fragment_stats"]["num_fragments"]
     report.table_version = table.version
     report.bytes_after = disk_bytes(db_uri, table_name)

@@ -9,7 +9,11 @@ policy of the earlier runs). Then, for each table: query latency p50/p99 (exact 
 search, top 10, and a doc_id lookup), size on disk, versions and fragments; and for
 ``with``, one more upkeep as if the table had then stood still for a day and for 100 days
 (``now`` moved forward): what the policy thins the history to once the window has passed.
-``--no-baseline`` skips the ``without`` table, whose commits dominate the run time.
+``--no-baseline`` skips the ``without`` table, whose commits dominate the run time;
+``--keep-all-hours H`` overrides the window (and lowers ``min_version_age_minutes`` to it),
+e.g. to hold a stream's steady state: with a
+window shorter than the run, upkeep removes what falls out of it, as in a stream that
+commits more slowly for longer.
 
 Part 2 (``--ann-rows``, default 100000): recall@10 of the IVF_PQ index that upkeep builds,
 against exact search, on clustered synthetic 384-d vectors; build time; ANN vs exact
@@ -106,10 +110,23 @@ POLICIES = {
 }
 
 
-def part1(work: Path, commits: int, distinct_docs: int, policy_name: str, baseline: bool) -> dict:
+def part1(
+    work: Path,
+    commits: int,
+    distinct_docs: int,
+    policy_name: str,
+    baseline: bool,
+    keep_all_hours: float | None = None,
+) -> dict:
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(50, DIM))
     policy = POLICIES[policy_name]()
+    if keep_all_hours is not None:  # the floor must not hide a short window
+        policy = dataclasses.replace(
+            policy,
+            keep_all_hours=keep_all_hours,
+            min_version_age_minutes=min(policy.min_version_age_minutes, keep_all_hours * 60),
+        )
     out: dict = {"policy": policy_name, **dataclasses.asdict(policy)}
     tables = {}
     for name in ("without", "with") if baseline else ("with",):
@@ -125,7 +142,10 @@ def part1(work: Path, commits: int, distinct_docs: int, policy_name: str, baseli
     write_s = dict.fromkeys(tables, 0.0)
     per_thousand: dict[str, list[float]] = {name: [] for name in tables}  # s per 1,000 commits
     window_s = dict.fromkeys(tables, 0.0)
-    upkeep_s = []
+    upkeep_s: list[float] = []
+    held = 0
+    upkeep_window: list[float] = []  # upkeep seconds within the current 1,000 commits
+    upkeep_per_thousand: list[dict] = []  # mean upkeep and versions held, per 1,000 commits
     started = time.perf_counter()
     for i in range(commits):
         doc_id = f"doc{i % distinct_docs}"
@@ -139,8 +159,10 @@ def part1(work: Path, commits: int, distinct_docs: int, policy_name: str, baseli
                 store.ensure_scalar_indexes(table)
         if sched.committed():
             t = time.perf_counter()
-            maintain(tables["with"][0], "docs", policy, ann=False, record=False)
+            report = maintain(tables["with"][0], "docs", policy, ann=False, record=False)
             upkeep_s.append(time.perf_counter() - t)
+            upkeep_window.append(upkeep_s[-1])
+            held = report.versions_after
             tables["with"] = (
                 tables["with"][0],
                 store.open_chunks(store.connect(tables["with"][0]), "docs"),
@@ -149,7 +171,15 @@ def part1(work: Path, commits: int, distinct_docs: int, policy_name: str, baseli
             for name in window_s:
                 per_thousand[name].append(round(window_s[name], 3))
                 window_s[name] = 0.0
+            upkeep_per_thousand.append(
+                {
+                    "upkeep_s_mean": round(statistics.mean(upkeep_window or [0.0]), 3),
+                    "versions_held": held,
+                }
+            )
+            upkeep_window = []
             means = ", ".join(f"{n} {v[-1]:.0f} ms" for n, v in per_thousand.items())
+            means += f"; upkeep {upkeep_per_thousand[-1]['upkeep_s_mean']:.2f} s, {held} versions"
             print(
                 f"  {i + 1}/{commits} commits, {time.perf_counter() - started:.0f}s; mean "
                 f"commit of the last 1,000: {means}",
@@ -172,6 +202,7 @@ def part1(work: Path, commits: int, distinct_docs: int, policy_name: str, baseli
     out["upkeep_s_median"] = statistics.median(upkeep_s) if upkeep_s else 0
     out["upkeep_s_max"] = max(upkeep_s, default=0)
     out["upkeep_s_last"] = upkeep_s[-1] if upkeep_s else 0
+    out["upkeep_per_1000_commits"] = upkeep_per_thousand
     uri = tables["with"][0]
     for days in (1, 100):
         later = dt.datetime.now() + dt.timedelta(days=days)
@@ -230,6 +261,7 @@ def main() -> int:
     parser.add_argument("--commits", type=int, default=10_000)
     parser.add_argument("--distinct-docs", type=int, default=2_000)
     parser.add_argument("--policy", choices=sorted(POLICIES), default="shipped")
+    parser.add_argument("--keep-all-hours", type=float, help="override the policy's window")
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip the table that never runs upkeep"
     )
@@ -245,7 +277,12 @@ def main() -> int:
     if args.commits:
         print(f"part 1: {args.commits} small commits, policy {args.policy}", flush=True)
         result["small_commits"] = part1(
-            work, args.commits, args.distinct_docs, args.policy, not args.no_baseline
+            work,
+            args.commits,
+            args.distinct_docs,
+            args.policy,
+            not args.no_baseline,
+            args.keep_all_hours,
         )
         print(json.dumps(result["small_commits"], indent=2), flush=True)
     result["ann"] = []
