@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import importlib.resources
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ _ENV_OVERRIDES = {
     "FRESHINDEX_EMBEDDING_DTYPE": "embedding.dtype",
 }
 EMBEDDING_DTYPES = ("auto", "float32", "bfloat16")
+_MAX_RETENTION_HOURS = 100 * 366 * 24
 
 
 @dataclass(frozen=True)
@@ -146,11 +148,21 @@ class IngestConfig:
 
 @dataclass(frozen=True)
 class MaintenanceConfig:
-    """Table upkeep: compaction, index refresh, retention, ANN index (docs/MAINTENANCE.md)."""
+    """Table upkeep: compaction, index refresh, retention, ANN index (docs/MAINTENANCE.md).
+
+    Retention keeps every recent version, then thins the history with age to checkpoints
+    (the last version of each hour, then of each day), so a table that commits every second
+    holds a bounded number of versions; tags other than freshindex's own ``run-*`` and
+    ``checkpoint-v*`` are never removed.
+    """
 
     keep_versions: int = 20  # the last N versions are always kept
-    keep_days: float = 7.0  # and every version newer than this
+    keep_all_hours: float = 0.25  # and every version newer than this
     min_version_age_minutes: float = 10.0  # never remove a version younger than this
+    checkpoint_hourly_days: float = 7.0  # older versions: the last of each hour, this long
+    checkpoint_daily_days: float = 90.0  # then the last of each day, this long
+    keep_run_tags: int = 20  # run-<id> tags of the newest N runs are kept ...
+    run_tags_max_days: float = 30.0  # ... while younger than this; the newest is always kept
     after_batch: bool = True  # the batch pipeline runs upkeep at the end of every run
     every_commits: int = 100  # the stream runs upkeep every K commits ...
     every_minutes: float = 10.0  # ... or every T minutes, whichever comes first
@@ -165,8 +177,25 @@ class MaintenanceConfig:
     def __post_init__(self) -> None:
         if self.keep_versions < 1:
             raise ConfigError("maintenance.keep_versions must be >= 1 (the latest is always kept)")
-        if self.keep_days < 0 or self.min_version_age_minutes < 0:
-            raise ConfigError("maintenance.keep_days and min_version_age_minutes must be >= 0")
+        if self.keep_run_tags < 1:
+            raise ConfigError(
+                "maintenance.keep_run_tags must be >= 1 (the newest run's tag is always kept)"
+            )
+        hours_per_unit = {
+            "keep_all_hours": 1,
+            "min_version_age_minutes": 1 / 60,
+            "checkpoint_hourly_days": 24,
+            "checkpoint_daily_days": 24,
+            "run_tags_max_days": 24,
+        }
+        for name, per_unit in hours_per_unit.items():
+            value = getattr(self, name)
+            # the upper bound keeps every window a valid datetime.timedelta
+            if not 0 <= value * per_unit <= _MAX_RETENTION_HOURS:
+                raise ConfigError(
+                    f"maintenance.{name} must be within [0, 100 years], got {value}",
+                    hint="0 switches that retention rule off",
+                )
         if not 0 < self.ann_target_recall <= 1:
             raise ConfigError("maintenance.ann_target_recall must be within (0, 1]")
         if self.staging_max_age_hours <= 0:
@@ -304,28 +333,112 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
-    for part in parts[:-1]:
+    for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(
+                f"cannot set {dotted!r}: {'.'.join(parts[: i + 1])} is not a section",
+                hint=f"sections: {', '.join(_SECTIONS)}",
+            )
     node[parts[-1]] = value
+
+
+# Values of a field's declared type only: the checks in __post_init__ compare numbers, and a
+# string or a list there would raise TypeError instead of saying which key is wrong.
+_ACCEPTED = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _show(value: Any) -> str:
+    try:
+        return repr(value)[:60]
+    except ValueError:  # an int past Python's digit limit
+        return "(too long to show)"
+
+
+def _check_types(prefix: str, cls: type, values: dict[str, Any]) -> None:
+    declared = {f.name: f.type for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        expected = declared.get(key)
+        if expected not in _ACCEPTED:
+            continue
+        if (isinstance(value, bool) and expected != "bool") or not isinstance(
+            value, _ACCEPTED[expected]
+        ):
+            raise ConfigError(
+                f"{prefix}{key} must be {expected}, got {type(value).__name__} {_show(value)}",
+                hint="numbers without quotes; true/false for switches",
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{key} must be a finite number, got {value}")
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """PyYAML composes nested nodes recursively: 2,000 nested brackets take seconds to end
+    in a RecursionError. A config is a few levels deep, so deeper input is refused early."""
+
+    max_depth = 16
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > self.max_depth:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {self.max_depth}", self.peek_event().start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        # a SafeLoader: no Python object tags
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_DepthLimitedLoader)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"config file {path} cannot be read: {exc}", hint="give a UTF-8 YAML file"
+        ) from None
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:  # ValueError: a 5,000-digit int
+        where = getattr(exc, "problem_mark", None)
+        raise ConfigError(
+            f"config file {path} is not valid YAML"
+            + (f" (line {where.line + 1}, column {where.column + 1})" if where else ""),
+            hint="check indentation and brackets; nesting deeper than a few levels is refused",
+        ) from None
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Build a validated Config; unknown keys are refused with the list of known ones."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"the configuration must be a mapping of keys to values, got {type(raw).__name__}",
+            hint="e.g. 'table: docs' on the first line",
+        )
     known_top = {"db", "table", *_SECTIONS}
     unknown = set(raw) - known_top
     if unknown:
         raise ConfigError(
-            f"unknown config keys: {sorted(unknown)}", hint=f"known keys: {sorted(known_top)}"
+            f"unknown config keys: {sorted(unknown, key=str)}",
+            hint=f"known keys: {sorted(known_top)}",
         )
     kwargs: dict[str, Any] = {k: raw[k] for k in ("db", "table") if raw.get(k) is not None}
+    _check_types("", Config, kwargs)
     for name, cls in _SECTIONS.items():
         section = raw.get(name) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(
+                f"{name} must be a mapping of keys to values, got {type(section).__name__}",
+                hint=f"e.g. '{name}:' then indented 'key: value' lines",
+            )
         fields = {f.name for f in dataclasses.fields(cls)}
         bad = set(section) - fields
         if bad:
             raise ConfigError(
-                f"unknown keys in {name}: {sorted(bad)}", hint=f"known keys: {sorted(fields)}"
+                f"unknown keys in {name}: {sorted(bad, key=str)}",
+                hint=f"known keys: {sorted(fields)}",
             )
+        _check_types(f"{name}.", cls, section)
         kwargs[name] = cls(**section)
     return Config(**kwargs)
 
@@ -345,7 +458,14 @@ def load_config(
         user_path = Path(path)
         if not user_path.exists():
             raise ConfigError(f"config file {user_path} does not exist")
-        raw = _merge(raw, yaml.safe_load(user_path.read_text()) or {})
+        user = _read_yaml(user_path)
+        if user is not None and not isinstance(user, dict):
+            raise ConfigError(
+                f"config file {user_path} must hold a mapping of keys to values, "
+                f"got {type(user).__name__}",
+                hint="e.g. 'table: docs' on the first line",
+            )
+        raw = _merge(raw, user or {})
     env = os.environ if environ is None else environ
     for var, key in _ENV_OVERRIDES.items():
         if env.get(var):

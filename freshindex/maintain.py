@@ -7,9 +7,13 @@ commits every second makes ~86,000 a day. ``maintain()`` keeps a table healthy:
    conflicts with a writer of this machine);
 2. **refresh indexes**: rows written since an index was built (scalar, full-text, vector)
    are folded into it, so they are no longer searched by brute force;
-3. **retention**: versions are removed unless tagged (run tags, ``prod``, anything a user
-   tagged: tags are the readers' contract), among the last ``keep_versions``, newer than
-   ``keep_days``, or younger than ``min_version_age_minutes``;
+3. **retention** (``plan_retention``): every version of the last ``keep_all_hours`` and the
+   last ``keep_versions`` are kept; older history is thinned to checkpoints (the last
+   version of each hour for ``checkpoint_hourly_days``, of each day for
+   ``checkpoint_daily_days``), kept by ``checkpoint-v<N>`` tags because Lance's cleanup
+   removes every untagged version older than one time; ``run-<id>`` tags beyond the newest
+   ``keep_run_tags`` or older than ``run_tags_max_days`` are released. Other tags (``prod``,
+   ``rollback-*``, anything a user tagged: the readers' contract) are never removed;
 4. **ANN index**: below ``ann_min_rows`` rows vector search is exact; above it an IVF_PQ
    index is built (outside the lock: Lance commits it beside concurrent writes) and its
    search parameters are chosen so that recall@10 against exact search on the table's own
@@ -21,10 +25,12 @@ commits every second makes ~86,000 a day. ``maintain()`` keeps a table healthy:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +65,10 @@ class MaintenanceReport:
     ann: dict[str, Any] = field(default_factory=dict)
     staging_removed: int = 0  # stale staging folders of batch runs that died
     staging_bytes_freed: int = 0
+    checkpoints_tagged: int = 0  # checkpoint-v<N> tags added by retention
+    # run-* and checkpoint-v* tags released: a released run's ``runs`` row stays, its
+    # version is then thinned like any other
+    tags_released: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         ann = self.ann.get("action", "none")
@@ -68,7 +78,9 @@ class MaintenanceReport:
         return (
             f"maintained {self.table} in {self.seconds:.1f}s -> version {self.table_version}\n"
             f"  fragments {self.fragments_before} -> {self.fragments_after}; versions "
-            f"{self.versions_before} -> {self.versions_after} ({self.versions_removed} removed)"
+            f"{self.versions_before} -> {self.versions_after} ({self.versions_removed} removed;"
+            f" {self.checkpoints_tagged} checkpoints tagged, {len(self.tags_released)} tags "
+            "released)"
             f"\n  bytes {self.bytes_before:,} -> {self.bytes_after:,} "
             f"({self.bytes_reclaimed:,} reclaimed); indexes refreshed: {self.indexes_refreshed};"
             f" vector index: {ann}"
@@ -85,24 +97,152 @@ def disk_bytes(db_uri: str, table: str) -> int:
     if not store.is_local(db_uri):
         return 0
     folder = Path(db_uri.removeprefix("file://")) / f"{table}.lance"
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    total = 0
+    for path in folder.rglob("*"):
+        # a concurrent writer's temporary file may be renamed between listing and stat
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size if path.is_file() else 0
+    return total
 
 
-def retention_cutoff(
-    timestamps: list[dt.datetime], cfg: MaintenanceConfig, now: dt.datetime
-) -> dt.datetime:
-    """Versions older than the returned time may be removed (tagged ones never are).
+CHECKPOINT_TAG_PREFIX = "checkpoint-v"
+_CHECKPOINT_TAG = re.compile(r"checkpoint-v(\d+)")
 
-    Kept: the last ``keep_versions`` versions, every version newer than ``keep_days``, and
-    every version younger than ``min_version_age_minutes``. Both are suffixes of the version
-    history, so one cutoff time expresses their union.
-    """
-    ordered = sorted(timestamps)
-    by_count = ordered[-min(cfg.keep_versions, len(ordered))] if ordered else now
-    by_age = now - max(
-        dt.timedelta(days=cfg.keep_days), dt.timedelta(minutes=cfg.min_version_age_minutes)
+
+def checkpoint_tag(version: int) -> str:
+    return f"{CHECKPOINT_TAG_PREFIX}{version}"
+
+
+def is_checkpoint_tag(name: str, version: int) -> bool:
+    """True for a tag upkeep made: ``checkpoint-v<N>`` pointing at version N exactly (a user's
+    ``checkpoint-before-migration`` is the user's)."""
+    match = _CHECKPOINT_TAG.fullmatch(name)
+    return bool(match) and int(match.group(1)) == version
+
+
+def age_cutoff(cfg: MaintenanceConfig, now: dt.datetime) -> dt.datetime:
+    """Every version newer than this is kept: ``keep_all_hours``, and never less than
+    ``min_version_age_minutes``."""
+    return now - max(
+        dt.timedelta(hours=cfg.keep_all_hours), dt.timedelta(minutes=cfg.min_version_age_minutes)
     )
-    return min(by_count, by_age)
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    """What upkeep does to a table's versions; ``keep`` is what survives it."""
+
+    cutoff: dt.datetime  # untagged versions older than this, and not among the last
+    # keep_versions, are removed
+    create_tags: dict[str, int]  # checkpoint tags to add: name -> version
+    delete_tags: tuple[str, ...]  # run-* and checkpoint-v* tags released
+    keep: frozenset[int]  # the versions left after cleanup
+    checkpoints: frozenset[int]  # the versions kept as hourly or daily checkpoints
+
+
+def plan_retention(
+    versions: dict[int, dt.datetime],
+    tags: dict[str, int],
+    now: dt.datetime,
+    cfg: MaintenanceConfig,
+) -> RetentionPlan:
+    """Which versions and tags to keep, given every version's timestamp and every tag.
+
+    Lance's cleanup removes the versions older than one time that no tag points at, so a
+    policy that thins history with age is expressed by tags: the last version of each hour
+    (younger than ``checkpoint_hourly_days``) and of each day (younger than
+    ``checkpoint_daily_days``) gets a ``checkpoint-v<N>`` tag, a checkpoint tag on a version
+    that no longer is one is released, and so are ``run-<id>`` tags beyond the newest
+    ``keep_run_tags`` or older than ``run_tags_max_days`` (never the newest run's). Every
+    other tag (``prod``, ``rollback-*``, a user's) is kept, and so is its version.
+
+    Example: versions 1..5 at 09:10, 09:50, 10:20, 10:40 and now (11:00) with
+    ``keep_versions=1, keep_all_hours=0.25``: the cutoff is 10:45; the checkpoints are 2
+    (last of 09:00-10:00) and 4 (last of 10:00-11:00), tagged; 1 and 3 are removed.
+    """
+    cutoff = age_cutoff(cfg, now)
+    recent = {v for v, stamp in versions.items() if stamp >= cutoff}
+    recent |= set(sorted(versions)[-cfg.keep_versions :])  # the latest among them
+    hourly: dict[dt.datetime, int] = {}
+    daily: dict[dt.date, int] = {}
+    for version, stamp in versions.items():
+        age = now - stamp
+        if age < dt.timedelta(days=cfg.checkpoint_hourly_days):
+            hour = stamp.replace(minute=0, second=0, microsecond=0)
+            hourly[hour] = max(hourly.get(hour, version), version)
+        if age < dt.timedelta(days=cfg.checkpoint_daily_days):
+            daily[stamp.date()] = max(daily.get(stamp.date(), version), version)
+    checkpoints = set(hourly.values()) | set(daily.values())
+
+    run_tags = sorted(
+        (name for name in tags if name.startswith(store.RUN_TAG_PREFIX)),
+        key=lambda name: (tags[name], name),
+        reverse=True,
+    )
+    max_run_age = dt.timedelta(days=cfg.run_tags_max_days)
+    released = [
+        name
+        for rank, name in enumerate(run_tags)
+        if rank > 0  # the newest run's version stays readable as_of its run id
+        and (rank >= cfg.keep_run_tags or now - versions.get(tags[name], now) >= max_run_age)
+    ]
+    released += [
+        name
+        for name, version in tags.items()
+        if is_checkpoint_tag(name, version) and version not in checkpoints
+    ]
+    tagged = {version for name, version in tags.items() if name not in released}
+    # a recent checkpoint is kept as recent; it is tagged once it falls out of that range
+    create = {
+        checkpoint_tag(v): v for v in sorted(checkpoints - recent) if checkpoint_tag(v) not in tags
+    }
+    keep = recent | ((tagged | set(create.values())) & set(versions))
+    return RetentionPlan(
+        cutoff=cutoff,
+        create_tags=create,
+        delete_tags=tuple(sorted(released)),
+        keep=frozenset(keep),
+        checkpoints=frozenset(checkpoints),
+    )
+
+
+@dataclass(frozen=True)
+class RetentionOutcome:
+    plan: RetentionPlan
+    versions_listed: int  # versions before the cleanup
+    versions_removed: int
+    bytes_removed: int
+
+
+def apply_retention(
+    table, cfg: MaintenanceConfig, now: dt.datetime | None = None
+) -> RetentionOutcome:
+    """Tag checkpoints, release old run and checkpoint tags, remove the other old versions.
+
+    ``now`` (tests, the benchmark) replaces the clock for the policy's ages; Lance measures
+    ``older_than`` against the real clock, so the cutoff is converted with it.
+    """
+    wall = dt.datetime.now()  # Lance's version timestamps are naive local times
+    now = now or wall
+    versions = {v["version"]: v["timestamp"] for v in table.list_versions()}
+    tags = {name: int(info["version"]) for name, info in table.tags.list().items()}
+    plan = plan_retention(versions, tags, now, cfg)
+    for name, version in plan.create_tags.items():
+        table.tags.create(name, version)  # before any release: a checkpoint is never bare
+    for name in plan.delete_tags:
+        table.tags.delete(name)
+    if not set(versions) - plan.keep:
+        # Lance's cleanup reads every manifest, a cost that grows with the versions held:
+        # skipped when the plan removes nothing (a burst of commits inside the window)
+        return RetentionOutcome(plan, len(versions), 0, 0)
+    # Lance removes a version only when it is both older than ``older_than`` and not among
+    # the last ``retain_versions``: the plan's two kept ranges exactly
+    stats = table.to_lance().cleanup_old_versions(
+        older_than=max(wall - plan.cutoff, dt.timedelta(0)),
+        retain_versions=cfg.keep_versions,
+        error_if_tagged_old_versions=False,
+    )
+    return RetentionOutcome(plan, len(versions), stats.old_versions, stats.bytes_removed)
 
 
 def vector_index(table):
@@ -219,8 +359,7 @@ def maintain(
     with store.commit_lock(db_uri, table_name):
         table = store.open_chunks(db, table_name)
         report.fragments_before = table.stats()["fragment_stats"]["num_fragments"]
-        versions = table.list_versions()
-        report.versions_before = len(versions)
+        opened_at = table.version
         if table.stats()["fragment_stats"]["num_small_fragments"] > 1:
             metrics = table.to_lance().optimize.compact_files()
             report.compaction = {
@@ -232,14 +371,15 @@ def maintain(
             table.to_lance().optimize.optimize_indices()
             table.checkout_latest()
             report.indexes_refreshed = len(table.list_indices())
-        now = now or dt.datetime.now()
-        cutoff = retention_cutoff([v["timestamp"] for v in table.list_versions()], cfg, now)
-        older_than = max(now - cutoff, dt.timedelta(0)) + dt.timedelta(milliseconds=1)
-        stats = table.to_lance().cleanup_old_versions(
-            older_than=older_than, error_if_tagged_old_versions=False
-        )
-        report.bytes_reclaimed = stats.bytes_removed
-        report.versions_removed = stats.old_versions
+        retained = apply_retention(table, cfg, now)
+        # versions are numbered consecutively: counting them from the one listing that
+        # retention needs spares two more reads of every manifest
+        report.versions_before = retained.versions_listed - (table.version - opened_at)
+        report.versions_removed = retained.versions_removed
+        report.bytes_reclaimed = retained.bytes_removed
+        report.checkpoints_tagged = len(retained.plan.create_tags)
+        report.tags_released = list(retained.plan.delete_tags)
+        retention_version = table.version
     report.staging_removed, report.staging_bytes_freed = store.remove_stale_staging(
         db_uri, table_name, cfg.staging_max_age_hours * 3600
     )
@@ -247,7 +387,9 @@ def maintain(
     if ann:
         report.ann = ensure_ann_index(db, table, cfg)
         table = store.open_chunks(db, table_name)
-    report.versions_after = len(table.list_versions())
+    report.versions_after = (
+        retained.versions_listed - retained.versions_removed + table.version - retention_version
+    )
     report.fragments_after = table.stats()["fragment_stats"]["num_fragments"]
     report.table_version = table.version
     report.bytes_after = disk_bytes(db_uri, table_name)

@@ -17,7 +17,7 @@ from freshindex.maintain import (
     ann_search_params,
     maintain,
     measure_recall,
-    retention_cutoff,
+    plan_retention,
     sample_vectors,
 )
 from freshindex.schemas.records import Chunk, Document, EmbeddedDocument, chunk_id_for, sha256_hex
@@ -25,7 +25,7 @@ from freshindex.transforms.write import commit_changes, rows_for
 from tests.conftest import ROOT
 
 DIM = 16
-POLICY = MaintenanceConfig(keep_versions=10, keep_days=0, min_version_age_minutes=0)
+POLICY = MaintenanceConfig(keep_versions=10, keep_all_hours=0, min_version_age_minutes=0)
 
 
 def doc_rows(doc_id: str, text: str, rng, dim: int = DIM):
@@ -63,14 +63,30 @@ def top_k(table, queries, k=5):
 
 def test_retention_keeps_the_last_n_and_the_recent_versions():
     now = dt.datetime(2026, 1, 31)
-    stamps = [now - dt.timedelta(days=d) for d in range(30, 0, -1)]
-    by_count = retention_cutoff(stamps, MaintenanceConfig(keep_versions=5, keep_days=0), now)
-    assert by_count == stamps[-5]
-    by_days = retention_cutoff(stamps, MaintenanceConfig(keep_versions=1, keep_days=10), now)
-    assert by_days == now - dt.timedelta(days=10)
-    young = MaintenanceConfig(keep_versions=1, keep_days=0, min_version_age_minutes=60 * 24 * 3)
-    assert retention_cutoff(stamps, young, now) == now - dt.timedelta(days=3)
-    assert retention_cutoff(stamps[:2], MaintenanceConfig(keep_versions=20), now) == stamps[0]
+    versions = {v: now - dt.timedelta(days=31 - v) for v in range(1, 31)}
+    by_count = plan_retention(versions, {}, now, RECENT_ONLY)
+    assert by_count.keep == set(range(26, 31))
+    by_age = dataclasses.replace(RECENT_ONLY, keep_versions=1, keep_all_hours=240)
+    assert plan_retention(versions, {}, now, by_age).keep == set(range(21, 31))
+    young = dataclasses.replace(RECENT_ONLY, keep_versions=1, min_version_age_minutes=3 * 24 * 60)
+    assert plan_retention(versions, {}, now, young).keep == set(range(28, 31))
+    few = {1: now - dt.timedelta(days=300), 2: now - dt.timedelta(days=200)}
+    assert plan_retention(
+        few, {}, now, dataclasses.replace(RECENT_ONLY, keep_versions=20)
+    ).keep == {
+        1,
+        2,
+    }
+
+
+# only the recent rules: no checkpoints
+RECENT_ONLY = MaintenanceConfig(
+    keep_versions=5,
+    keep_all_hours=0,
+    min_version_age_minutes=0,
+    checkpoint_hourly_days=0,
+    checkpoint_daily_days=0,
+)
 
 
 def test_upkeep_schedule_fires_every_k_commits_or_t_minutes():
