@@ -13,8 +13,8 @@ from freshindex import store
 from freshindex.config import MaintenanceConfig, load_config
 from freshindex.errors import TableError
 from freshindex.maintain import checkpoint_tag, maintain, plan_retention
+from freshindex.transforms.write import commit_changes
 from tests.test_maintain import doc_rows, new_table
-from transforms.write import commit_changes
 
 T0 = dt.datetime(2026, 3, 1, 0, 0)
 SHIPPED = MaintenanceConfig()
