@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import pytest
 from tests.conftest import ROOT, write_corpus
 
 pytestmark = pytest.mark.slow
+_NOT_SOURCES = (".git", ".venv", "data", "build", "dist", ".bench", "*.egg-info", "__pycache__")
 
 
 def _run(cmd, *, cwd, env=None, timeout=600):
@@ -36,9 +38,12 @@ def _run(cmd, *, cwd, env=None, timeout=600):
 def installed(tmp_path_factory):
     """(python, freshindex script, a clean environment) of a venv holding only the wheel."""
     work = tmp_path_factory.mktemp("wheel")
+    # built from a copy: setuptools writes build/ and *.egg-info beside the sources
+    source = work / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*_NOT_SOURCES))
     pip = [sys.executable, "-m", "pip"]
     _run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", "dist", str(ROOT)],
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", "dist", str(source)],
         cwd=work,
     )
     (wheel,) = (work / "dist").glob("freshindex-*.whl")

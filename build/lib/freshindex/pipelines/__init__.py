@@ -1,1 +1,0 @@
-"""Pipelines compose transforms; they hold no parsing, chunking or embedding logic of their own."""

@@ -1,1 +1,0 @@
-"""Contracts between stages (records.py) and the pinned LanceDB table schemas (tables.py)."""
