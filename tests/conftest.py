@@ -14,6 +14,7 @@ import pytest
 from freshindex.config import load_config
 from freshindex.query.testing import DOCS  # the small corpus the query layer's test kit indexes too
 from freshindex.runtime import prepare_offline
+from tests.objectstore import s3_bucket, s3_endpoint  # noqa: F401 (fixtures for all tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples" / "corpus"

@@ -38,6 +38,12 @@ def _run(cmd, *, cwd, env=None, timeout=600):
 def installed(tmp_path_factory):
     """(python, freshindex script, a clean environment) of a venv holding only the wheel."""
     work = tmp_path_factory.mktemp("wheel")
+    # nothing of this checkout may leak in: no PYTHONPATH (pip and the CLI would see it)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTHON", "VIRTUAL_ENV", "FRESHINDEX_"))
+    }
     # built from a copy: setuptools writes build/ and *.egg-info beside the sources
     source = work / "src"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*_NOT_SOURCES))
@@ -45,21 +51,21 @@ def installed(tmp_path_factory):
     _run(
         [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", "dist", str(source)],
         cwd=work,
+        env=env,
     )
     (wheel,) = (work / "dist").glob("freshindex-*.whl")
     venv = work / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=work)
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=work, env=env)
     python = venv / "bin" / "python"
     purelib = _run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=work
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        cwd=work,
+        env=env,
     ).stdout.strip()
     (Path(purelib) / "locked-deps.pth").write_text(site.getsitepackages()[0] + "\n")
-    _run([*pip, "--python", str(python), "install", "--no-deps", "-q", str(wheel)], cwd=work)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PYTHON", "VIRTUAL_ENV", "FRESHINDEX_"))
-    }
+    _run(
+        [*pip, "--python", str(python), "install", "--no-deps", "-q", str(wheel)], cwd=work, env=env
+    )
     env["PATH"] = f"{venv / 'bin'}:{sysconfig.get_paths()['scripts']}:{env.get('PATH', '')}"
     return python, venv / "bin" / "freshindex", env, work
 
