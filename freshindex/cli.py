@@ -20,12 +20,13 @@ from typing import Any
 from freshindex import store
 from freshindex.config import load_config
 from freshindex.errors import FreshIndexError
+from freshindex.query.versions import version_rows
 from freshindex.runtime import prepare_offline
 
 # Modules that contribute subcommands through ``register_cli(subparsers)``.
 PLUGIN_MODULES = (
     "freshindex.pipelines.stream_cli",
-    "freshindex.query.cli",
+    "freshindex.commands.query",
     "freshindex.maintain",
     "freshindex.evaluation",
 )
@@ -88,36 +89,6 @@ def cmd_ingest(args, beam_args: list[str]) -> int:
     if message is not None:
         print(message, file=sys.stderr)
     return exit_code(row)
-
-
-def version_rows(db, table_name: str) -> list[dict[str, Any]]:
-    """Every version of the table with its tags and the run that produced it."""
-    table = store.open_chunks(db, table_name)
-    tags_by_version: dict[int, list[str]] = {}
-    for tag, info in table.tags.list().items():
-        tags_by_version.setdefault(int(info["version"]), []).append(tag)
-    runs_by_version: dict[int, dict[str, Any]] = {}
-    for run in store.read_runs(db, table_name):
-        runs_by_version.setdefault(run["table_version"], run)
-    rows = []
-    for v in table.list_versions():
-        version = int(v["version"])
-        run = runs_by_version.get(version, {})
-        rows.append(
-            {
-                "version": version,
-                "timestamp": v["timestamp"].strftime("%Y-%m-%d %H:%M:%S"),
-                "rows": int(v["metadata"].get("total_rows", 0)),
-                "tags": ",".join(sorted(tags_by_version.get(version, []))),
-                "run": run.get("run_id", ""),
-                "kind": run.get("kind", ""),
-                "added": run.get("docs_added", ""),
-                "updated": run.get("docs_updated", ""),
-                "deleted": run.get("docs_deleted", ""),
-                "failed": run.get("docs_failed", ""),
-            }
-        )
-    return rows
 
 
 def cmd_versions(args, _beam_args) -> int:

@@ -26,9 +26,9 @@ from typing import Any
 
 from freshindex import store
 from freshindex.errors import ConfigError
+from freshindex.query.types import MODES
 
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
-MODES = ("vector", "fts", "hybrid")
 PROD_TAG = "prod"
 
 

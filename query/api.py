@@ -41,6 +41,7 @@ from freshindex.query.errors import (
 from freshindex.query.filters import MAX_FIELD_CHARS, MAX_FILTER_CHARS, MAX_OP_CHARS
 from freshindex.query.guard import RequestGuard, scrub
 from freshindex.query.service import QueryService
+from freshindex.query.types import Mode
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,6 @@ Version = Annotated[int, Field(ge=0, le=2**63 - 1)]
 AsOf = Annotated[str, Field(max_length=MAX_NAME_CHARS)] | Version
 FilterText = Annotated[str, Field(max_length=MAX_FILTER_CHARS)]
 Weight = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
-
-Mode = Literal["vector", "fts", "hybrid"]
 
 
 class FilterIn(BaseModel):

@@ -4,6 +4,10 @@ A template file has ``[system]`` and ``[user]`` sections; ``$question`` and ``$c
 substituted with ``string.Template`` (no code runs, unknown ``$names`` stay as written).
 The context is the retrieved passages, numbered ``[1]``, ``[2]``... in rank order; the answer
 cites those numbers, and ``citations_from_text`` maps them back to doc and chunk ids.
+
+Refusals are structural: a template asks for ``$no_answer`` (``NO_ANSWER_REPLY``, filled in
+by ``render``) as the whole reply when the context holds no answer, and ``is_refusal``
+accepts exactly that reply, so an answer that quotes or mentions the sentence is an answer.
 """
 
 from __future__ import annotations
@@ -21,6 +25,16 @@ from freshindex.query.types import Citation, Hit, Message
 _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 _SECTION = re.compile(r"^\[(system|user)\]\s*$", re.MULTILINE)
+
+# The whole reply a model gives when the passages hold no answer (templates say ``$no_answer``).
+NO_ANSWER_REPLY = "The context does not contain an answer."
+_QUOTES = "\"'“”‘’`"
+
+
+def is_refusal(text: str | None) -> bool:
+    """True when ``text`` is the no-answer reply and nothing else (surrounding whitespace and
+    quotes aside); a reply that quotes it inside an answer is not a refusal."""
+    return (text or "").strip().strip(_QUOTES).strip() == NO_ANSWER_REPLY
 
 
 def estimate_tokens(text: str | None) -> int:
@@ -57,7 +71,8 @@ def _load(path: str) -> tuple[str, str]:
 
 
 def render(prompts_dir: Path, name: str, **values: str) -> tuple[Message, ...]:
-    """The messages of template ``name`` with ``values`` substituted."""
+    """The messages of template ``name`` with ``values`` (and ``no_answer``) substituted."""
+    values = {"no_answer": NO_ANSWER_REPLY, **values}
     system, user = _load(str(prompts_dir / f"{name}.txt"))
     messages = []
     if system:

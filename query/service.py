@@ -27,6 +27,7 @@ from freshindex.query.filters import parse_filters
 from freshindex.query.gateway import ModelGateway
 from freshindex.query.retrieval import IndexReader, PinnedTable, retrieve
 from freshindex.query.types import MODES, SCAN_CAPPED_WARNING, AgentResult, Answer, ChatRequest, Hit
+from freshindex.query.versions import version_rows
 
 
 @dataclass(frozen=True)
@@ -176,13 +177,10 @@ class QueryService:
         ledger = ledger or self.gateway.ledger.child()
         response = self.gateway.complete(request, ledger=ledger, deadline=deadline)
         citations = response.citations or citations_from_text(response.text, used)
-        answered = response.answered and not response.text.startswith(
-            "The context does not contain an answer"
-        )
         return Answer(
             question=question,
             text=response.text,
-            answered=answered,
+            answered=response.answered,
             citations=tuple(citations),
             hits=used,
             provider=response.provider,
@@ -246,8 +244,6 @@ class QueryService:
         )
 
     def versions(self) -> list[dict[str, Any]]:
-        from freshindex.cli import version_rows
-
         return version_rows(self.reader.db, self.cfg.table)
 
     def health(self) -> dict[str, Any]:

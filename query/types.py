@@ -11,9 +11,26 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
-MODES = ("vector", "fts", "hybrid")
+# The retrieval modes, defined here only: the CLI's choices, the config check, the agent's tool
+# schema and the HTTP API's request models all derive from ``Mode``.
+Mode = Literal["vector", "fts", "hybrid"]
+MODES: tuple[str, ...] = get_args(Mode)
+
+# The chunk columns a ``Hit`` is read from.
+HIT_COLUMNS = (
+    "chunk_id",
+    "doc_id",
+    "chunk_index",
+    "text",
+    "title",
+    "section",
+    "page_number",
+    "source_uri",
+    "content_type",
+    "metadata",
+)
 
 
 def _plain(value: Any) -> Any:
@@ -59,6 +76,26 @@ class Hit(_Record):
     def citation(self) -> str:
         """``doc_id#chunk_id``: how answers cite the chunk."""
         return f"{self.doc_id}#{self.chunk_id}"
+
+    @classmethod
+    def from_row(cls, row: dict, score: float, version: int, mode: str, **extra) -> Hit:
+        """A hit from a chunks-table row (the ``HIT_COLUMNS``) read at ``version``."""
+        return cls(
+            chunk_id=row["chunk_id"],
+            doc_id=row["doc_id"],
+            text=row["text"],
+            source_uri=row.get("source_uri") or "",
+            section=row.get("section"),
+            score=float(score),
+            table_version=version,
+            title=row.get("title"),
+            page_number=row.get("page_number"),
+            content_type=row.get("content_type"),
+            chunk_index=row.get("chunk_index"),
+            metadata=parse_metadata(row.get("metadata")),
+            mode=mode,
+            **extra,
+        )
 
 
 METADATA_MAX_DEPTH = 8  # deeper values are returned as (cut) JSON text

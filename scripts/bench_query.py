@@ -135,7 +135,7 @@ def bench_new_version(folder: Path, commits: int = 5) -> dict:
     """The memory engine after a stream-sized commit (8 new chunks): building the new
     version's index from the previous one vs reading it from scratch, alternately, on a
     copy of the table (the cached one stays as it is). Medians over ``commits``."""
-    from freshindex.query.retrieval import _MemoryIndex
+    from freshindex.query.memory_index import MemoryIndex
 
     work = Path(tempfile.mkdtemp(prefix="bench-query-"))
     try:
@@ -154,7 +154,7 @@ def bench_new_version(folder: Path, commits: int = 5) -> dict:
             incremental.append(time.perf_counter() - started)
             assert mem.rows_read == 8, mem.rows_read
             started = time.perf_counter()
-            _MemoryIndex(pinned.table)
+            MemoryIndex(pinned.table)
             scratch.append(time.perf_counter() - started)
         return {
             "new_version_incremental_s": round(statistics.median(incremental), 3),

@@ -5,6 +5,7 @@ import logging
 import textwrap
 
 from freshindex.query.retrieval import IndexReader, retrieve
+from freshindex.query.types import MODES
 
 logging.disable(logging.WARNING)
 parser = argparse.ArgumentParser()
@@ -12,7 +13,7 @@ parser.add_argument("question")
 parser.add_argument("--db", required=True)
 parser.add_argument("--table", required=True)
 parser.add_argument("-k", type=int, default=1)
-parser.add_argument("--mode", choices=("vector", "fts", "hybrid"), default="hybrid")
+parser.add_argument("--mode", choices=MODES, default="hybrid")
 parser.add_argument("--as-of", dest="as_of", help="version number, tag or run id")
 args = parser.parse_args()
 reader = IndexReader.open(args.db, args.table)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from freshindex.config import load_config
-from freshindex.query.testing import DOCS  # the small corpus the query layer's test kit indexes too
 from freshindex.runtime import prepare_offline
+from freshindex.testing import DOCS  # the small corpus the query layer's test kit indexes too
 from tests.objectstore import s3_bucket, s3_endpoint  # noqa: F401 (fixtures for all tests)
 
 ROOT = Path(__file__).resolve().parent.parent

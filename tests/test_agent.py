@@ -13,7 +13,7 @@ from freshindex.query.agent import TOOLS, Toolbox, calculate, split_question
 from freshindex.query.config import load_query_config
 from freshindex.query.errors import QueryError
 from freshindex.query.service import QueryService
-from freshindex.query.testing import Reply, StandInChatServer, fixture_index, index_config
+from freshindex.testing import Reply, StandInChatServer, fixture_index, index_config
 
 
 def service(tmp_path, **overrides) -> QueryService:

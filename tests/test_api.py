@@ -11,7 +11,7 @@ from freshindex.errors import ConfigError
 from freshindex.query.api import create_app
 from freshindex.query.config import load_query_config
 from freshindex.query.service import QueryService
-from freshindex.query.testing import fixture_index, index_config
+from freshindex.testing import fixture_index, index_config
 
 KEY = "test-key-123"
 
@@ -133,3 +133,53 @@ def test_openapi_schema_lists_the_endpoints(client):
     assert {"/search", "/ask", "/agent", "/versions", "/health"} <= set(schema["paths"])
     search = schema["components"]["schemas"]["SearchIn"]
     assert {"query", "mode", "k", "filters", "as_of"} <= set(search["properties"])
+
+
+def test_serving_many_requests_keeps_the_process_ledger_bounded():
+    """Each request has its own ledger; the process's keeps totals and a bounded window of
+    records, never the requests' ledgers, so N requests do not grow it with N."""
+    import gc
+
+    from freshindex.query.accounting import Ledger
+
+    cfg = index_config(str(fixture_index("fake-hash") / "lancedb"))
+    qcfg = load_query_config(
+        overrides={"gateway.cache.enabled": False, "api.rate_limit_per_minute": 0}, environ={}
+    )
+    svc = QueryService(cfg, qcfg, environ={})
+    root = svc.gateway.ledger = Ledger(max_records=20)
+    client = TestClient(create_app(svc, environ={}))
+    requests = 60
+    for i in range(requests):
+        r = client.post("/ask", json={"question": f"digest password {i}?", "k": 2})
+        assert r.status_code == 200 and r.json()["accounting"]["calls"] == 1  # its own
+    total = root.summary()
+    assert total["calls"] == requests and total["ok"] == requests
+    assert len(root.records) == 20  # the most recent; the old ledger kept all 60
+    assert set(total["by_provider"]) == {"extractive/extractive-v1"}
+    gc.collect()
+    alive = [o for o in gc.get_referrers(root) if isinstance(o, Ledger)]
+    assert alive == []  # no request's ledger outlived its request
+
+
+def test_one_definition_of_the_retrieval_modes():
+    """The API's request models, the CLI's choices, the agent's tool schema and the config
+    check all derive from ``freshindex.query.types.MODES``."""
+    import argparse
+    import typing
+
+    from freshindex.commands import query as query_commands
+    from freshindex.query.agent import TOOLS
+    from freshindex.query.api import SearchIn
+    from freshindex.query.types import MODES, Mode
+
+    assert MODES == ("vector", "fts", "hybrid") == typing.get_args(Mode)
+    mode_field = SearchIn.model_fields["mode"].annotation
+    assert set(typing.get_args(typing.get_args(mode_field)[0])) == set(MODES)
+    parser = argparse.ArgumentParser()
+    query_commands.register_cli(parser.add_subparsers())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["search", "q", "--mode", "semantic"])
+    assert parser.parse_args(["search", "q", "--mode", "fts"]).mode == "fts"
+    search = next(t for t in TOOLS if t.name == "search")
+    assert search.parameters["properties"]["mode"]["enum"] == list(MODES)

@@ -22,7 +22,7 @@ from freshindex.query.api import create_app
 from freshindex.query.config import load_query_config
 from freshindex.query.guard import ClientLimiter, RequestGuard, check_bind, scrub
 from freshindex.query.service import QueryService
-from freshindex.query.testing import copy_index, fixture_index, index_config
+from freshindex.testing import copy_index, fixture_index, index_config
 
 KEY = "test-key-123"
 

@@ -14,8 +14,8 @@ from freshindex.query.config import load_query_config
 from freshindex.query.errors import NoRoute, ProviderTimeout
 from freshindex.query.gateway import ModelGateway
 from freshindex.query.providers.openai_compat import OpenAICompatibleProvider
-from freshindex.query.testing import Reply, StandInChatServer
 from freshindex.query.types import ChatRequest, Hit, Message, ToolSpec
+from freshindex.testing import Reply, StandInChatServer
 
 KEY_ENV = "TEST_LLM_KEY"
 

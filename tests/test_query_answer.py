@@ -9,11 +9,18 @@ from __future__ import annotations
 import pytest
 
 from freshindex.query.config import load_query_config
-from freshindex.query.context import assemble_context, citations_from_text, estimate_tokens, render
+from freshindex.query.context import (
+    NO_ANSWER_REPLY,
+    assemble_context,
+    citations_from_text,
+    estimate_tokens,
+    is_refusal,
+    render,
+)
 from freshindex.query.providers.extractive import NO_ANSWER, split_sentences
 from freshindex.query.service import QueryService
-from freshindex.query.testing import Reply, StandInChatServer, fixture_index, index_config
 from freshindex.query.types import Hit
+from freshindex.testing import Reply, StandInChatServer, fixture_index, index_config
 
 
 def service(model: str = "fake-hash", **overrides) -> QueryService:
@@ -101,6 +108,29 @@ def test_ask_through_an_llm_cites_context_numbers():
         assert prompt[0]["role"] == "system" and "[1] guide/auth.md" in prompt[1]["content"]
         srv.default = Reply(text="The context does not contain an answer.")
         assert not svc.ask("What is the airspeed of a swallow?").answered
+
+
+def test_only_the_whole_no_answer_reply_is_a_refusal():
+    """Structural, not wording-matched: the template asks for ``$no_answer`` as the whole
+    reply; an answer that quotes the sentence (or starts with it and goes on) is an answer."""
+    prompt = render(load_query_config(environ={}).context.prompts_path, "answer", question="q")
+    assert NO_ANSWER_REPLY in prompt[0].content and "$no_answer" not in prompt[0].content
+    assert is_refusal(NO_ANSWER_REPLY) and is_refusal(f'  "{NO_ANSWER_REPLY}"\n')
+    quoting = (
+        f'The guide prints "{NO_ANSWER_REPLY}" when a lookup finds nothing, and digest '
+        "authentication hashes the password first [1]."
+    )
+    continuing = f"{NO_ANSWER_REPLY} Digest authentication hashes the password first [1]."
+    for text in (quoting, continuing, "", "no answer"):
+        assert not is_refusal(text), text
+    with StandInChatServer(Reply(text=quoting)) as srv:
+        svc = service(**{"gateway.providers.llm.base_url": srv.base_url})
+        answer = svc.ask("How does digest authentication work?", k=2)
+        assert answer.provider == "llm" and answer.answered and answer.text == quoting
+        assert answer.citations and answer.citations[0].chunk_id == answer.hits[0].chunk_id
+        srv.default = Reply(text=f'"{NO_ANSWER_REPLY}"')
+        refused = svc.ask("What is the airspeed of a swallow?")
+        assert not refused.answered and refused.provider == "llm"
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import yaml
 
 from freshindex import store
 from freshindex.cli import main
-from freshindex.query.testing import fixture_index
+from freshindex.testing import fixture_index
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,11 @@ from freshindex.query.api import create_app
 from freshindex.query.config import RetrievalConfig, load_query_config
 from freshindex.query.errors import DeadlineExceeded, ProviderTimeout
 from freshindex.query.gateway import ModelGateway
-from freshindex.query.retrieval import IndexReader, _filtered, retrieve
+from freshindex.query.pinning import scan_filtered
+from freshindex.query.retrieval import IndexReader, retrieve
 from freshindex.query.service import QueryService
-from freshindex.query.testing import fixture_index, index_config
 from freshindex.query.types import ChatRequest, ChatResponse, Message, Usage
+from freshindex.testing import fixture_index, index_config
 
 NOTHING = ["metadata.lang = no-such-language"]
 
@@ -38,10 +39,10 @@ def test_a_filter_that_matches_nothing_stops_at_the_scan_cap():
 
     from freshindex.query.filters import parse_filters
 
-    result = _filtered(run, 5, parse_filters(NOTHING), 1000)
+    result = scan_filtered(run, 5, parse_filters(NOTHING), 1000)
     assert result == [] and result.scan_capped
     assert max(fetches) == 1000 and fetches == sorted(fetches)
-    found = _filtered(run, 5, parse_filters(["metadata.lang = en"]), 1000)
+    found = scan_filtered(run, 5, parse_filters(["metadata.lang = en"]), 1000)
     assert len(found) == 5 and not found.scan_capped
 
 

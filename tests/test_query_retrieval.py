@@ -17,10 +17,17 @@ from freshindex.pipelines.batch import run_ingest
 from freshindex.query.config import RetrievalConfig
 from freshindex.query.errors import FilterError, QueryError
 from freshindex.query.filters import Filter, parse_filters, to_expr
-from freshindex.query.retrieval import IndexReader, retrieve, retrieve_batch, vector_search
-from freshindex.query.testing import RECORDS, copy_index, fixture_index, index_config
+from freshindex.query.retrieval import (
+    IndexReader,
+    PinnedTable,
+    ReaderCache,
+    retrieve,
+    retrieve_batch,
+    vector_search,
+)
+from freshindex.query.types import MODES
+from freshindex.testing import RECORDS, copy_index, fixture_index, index_config
 
-MODES = ("vector", "fts", "hybrid")
 INJECTION = "x' OR '1'='1"
 
 
@@ -76,9 +83,15 @@ def test_fusion_weights_and_rrf_k(reader):
 
 def test_target_forms_and_batch_agree(db, reader):
     expected = [h.chunk_id for h in retrieve(reader, "duck", mode="vector", k=3)]
-    assert [h.chunk_id for h in retrieve(db, "duck", mode="vector", k=3, table="docs")] == expected
+    with ReaderCache() as readers:  # a table named by URI: through an owned, bounded cache
+        by_uri = retrieve(readers.reader(db, "docs"), "duck", mode="vector", k=3)
+        assert [h.chunk_id for h in by_uri] == expected
+        assert [h.chunk_id for h in vector_search(db, "docs", "duck", 3, readers=readers)] == (
+            expected
+        )
     handle = store.open_chunks(store.connect(db), "docs")
-    assert [h.chunk_id for h in retrieve(handle, "duck", mode="vector", k=3)] == expected
+    pinned = PinnedTable.checked_out(handle)  # a LanceDB handle, pinned explicitly
+    assert [h.chunk_id for h in retrieve(pinned, "duck", mode="vector", k=3)] == expected
     assert [h.chunk_id for h in vector_search(db, "docs", "duck", k=3)] == expected
     batch = retrieve_batch(reader, ["duck", "digest password"], mode="hybrid", k=2)
     assert [h.chunk_id for h in batch[0]] == [
@@ -89,6 +102,39 @@ def test_target_forms_and_batch_agree(db, reader):
         retrieve(reader, "duck", mode="semantic")
     with pytest.raises(QueryError):
         retrieve(reader, "duck", k=0)
+
+
+def test_retrieval_reads_only_an_explicit_source(db):
+    """No duck typing: a URI, a connection or a raw table handle is refused with the way to
+    say what to read; a PinnedTable refuses an ``as_of`` that is not its version."""
+    handle = store.open_chunks(store.connect(db), "docs")
+    for loose in (db, store.connect(db), handle):
+        with pytest.raises(QueryError) as err:
+            retrieve(loose, "duck", mode="fts")
+        assert "IndexReader.open" in err.value.hint
+    pinned = PinnedTable.checked_out(handle)
+    assert retrieve(pinned, "duck", mode="fts", as_of=pinned.version)
+    if pinned.version > 1:
+        with pytest.raises(QueryError):
+            retrieve(pinned, "duck", mode="fts", as_of=1)
+
+
+def test_reader_cache_is_bounded_and_closes_what_it_drops(db, tmp_path):
+    import shutil
+
+    for i in range(3):
+        shutil.copytree(db, tmp_path / f"db{i}")
+    with ReaderCache(max_readers=2) as readers:
+        first = readers.reader(str(tmp_path / "db0"), "docs")
+        assert retrieve(first, "duck", mode="hybrid", k=1)  # pins a version, starts FTS threads
+        assert first.cached_versions
+        assert readers.reader(str(tmp_path / "db0"), "docs") is first
+        readers.reader(str(tmp_path / "db1"), "docs")
+        readers.reader(str(tmp_path / "db2"), "docs")
+        assert len(readers) == 2 and first.cached_versions == []  # dropped and closed
+    assert len(readers) == 0
+    with pytest.raises(QueryError):
+        ReaderCache(max_readers=0)
 
 
 @pytest.mark.parametrize("filters", [None, ["metadata.year >= 2019"], ["doc_id prefix guide/"]])
@@ -317,7 +363,7 @@ def test_a_new_versions_memory_index_reads_only_what_changed(tmp_path):
     import pyarrow.compute as pc
 
     from freshindex.maintain import maintain
-    from freshindex.query.retrieval import _MemoryIndex
+    from freshindex.query.memory_index import MemoryIndex
     from freshindex.transforms.write import commit_changes
 
     cfg = copy_index("fake-hash", tmp_path)
@@ -352,7 +398,7 @@ def test_a_new_versions_memory_index_reads_only_what_changed(tmp_path):
         change()
         pinned = reader.pinned()
         mem = pinned.memory()
-        assert snapshot(mem) == snapshot(_MemoryIndex(pinned.table)), name
+        assert snapshot(mem) == snapshot(MemoryIndex(pinned.table)), name
         assert mem.rows_read + mem.rows_reused == pinned.num_rows
         built[name] = mem
     # a small commit reads only its new rows; the rest comes from the previous version

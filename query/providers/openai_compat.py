@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from freshindex.query.config import ProviderConfig
-from freshindex.query.context import estimate_messages, estimate_tokens
+from freshindex.query.context import estimate_messages, estimate_tokens, is_refusal
 from freshindex.query.errors import (
     ProviderError,
     ProviderTimeout,
@@ -94,6 +94,8 @@ class OpenAICompatibleProvider:
         if key:
             self._headers["Authorization"] = f"Bearer {key}"
         self._key_env = cfg.api_key_env
+        # cached responses carry ``answered``, decided by ``is_refusal`` since this salt
+        self.cache_salt = "refusal:whole-reply"
         self._client = None
         self._lock = threading.Lock()
 
@@ -169,6 +171,8 @@ class OpenAICompatibleProvider:
             model=model,
             usage=tokens,
             tool_calls=calls,
+            # the prompt asks for the no-answer reply as the whole text: nothing else refuses
+            answered=bool(calls) or not is_refusal(text),
             finish_reason=choice.get("finish_reason") or ("tool_calls" if calls else "stop"),
             latency_ms=latency,
         )

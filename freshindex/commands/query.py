@@ -7,7 +7,9 @@ freshindex agent QUESTION [--max-steps N] [--planner auto|tools|deterministic]
 freshindex serve [--host H] [--port P] [--insecure-no-auth]
 
 Every command takes --config/--db/--table/--json and --query-config (configs/query.yaml).
-Heavy imports stay inside the command functions so ``freshindex --help`` stays fast.
+Heavy imports stay inside the command functions so ``freshindex --help`` stays fast. These
+are operator commands (the top floor, beside ``freshindex.cli``): the query plane itself
+never imports the CLI.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ import sys
 import textwrap
 
 from freshindex.cli import add_common_args, config_from_args
-
-MODES = ("vector", "fts", "hybrid")
+from freshindex.query.types import MODES
 
 
 def _service(args):

@@ -1,5 +1,8 @@
 """Test kit of the query layer: a fixture index and a chat-completions stand-in server.
 
+It lives at the top floor, beside the operator commands, not in ``freshindex.query``: the
+fixture index is built with the batch pipeline, which the query plane must not import.
+
 ``StandInChatServer`` is a STAND-IN for an OpenAI-compatible server (``http.server`` in a
 thread, on 127.0.0.1): it replays scripted replies (a completion, tool calls, an HTTP error,
 a delay) and records every request, so the provider, gateway and agent can be tested without
