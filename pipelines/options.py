@@ -109,6 +109,13 @@ class StreamOptions(PipelineOptions):
         )
         parser.add_argument("--kafka_expansion_service", default=None, help="xlang only")
         parser.add_argument(
+            "--gap_wait_s",
+            type=float,
+            default=None,
+            help="xlang only: how long a read after an offset gap waits before the gap is "
+            "taken as compacted away (default 2)",
+        )
+        parser.add_argument(
             "--allow_uri_messages",
             action="store_true",
             default=False,

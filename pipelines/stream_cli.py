@@ -171,6 +171,13 @@ def register_cli(subparsers) -> None:
         dest="kafka_expansion_service",
         help="xlang reader: host:port of the service",
     )
+    p.add_argument(
+        "--gap-wait",
+        dest="gap_wait_s",
+        type=float,
+        help="xlang reader: seconds a read after an offset gap waits before the gap is taken "
+        "as compacted away (default 2)",
+    )
     p.add_argument("--kafka-option", action="append", metavar="KEY=VALUE")
     p.add_argument(
         "--allow-uri-messages",

@@ -28,6 +28,10 @@ the consumer's ``max_message_bytes``. A message that breaks the
 contract goes to the errors table (stage ``decode``) with its topic, partition and
 offset, and to the dead-letter topic if one is configured; it never stops the stream.
 Within one micro-batch the last message of a document wins.
+
+One module, over the usual size, on purpose: the contract above and the decoder that
+enforces it field by field are read together, and the Arrow schema of ``stream_batches``
+at the end records the offsets of these records.
 """
 
 from __future__ import annotations

@@ -111,8 +111,8 @@ def encode_ceiling(cfg, docs, n: int = 48) -> tuple[float, float]:
     document); measured here, before the stream starts, so nothing else of ours runs."""
     from freshindex.embedding import get_embedder
     from freshindex.schemas.records import Document
-    from freshindex.transforms.chunk import chunk_document
-    from freshindex.transforms.parse import elements_from_record
+    from freshindex.transforms.chunking import chunk_document
+    from freshindex.transforms.parsing import elements_from_record
 
     embedder = get_embedder(cfg.embedding)
     texts = []

@@ -22,7 +22,6 @@ from freshindex.cli import rollback
 from freshindex.maintain import maintain
 from freshindex.pipelines.batch import format_summary, run_ingest
 from freshindex.pipelines.options import FreshIndexOptions
-from freshindex.transforms.write import FAULT_CRASH_AFTER_COMMIT
 from tests.conftest import DOCS, FIXTURES, ROOT, table_rows, write_corpus
 
 
@@ -197,8 +196,16 @@ def write_cfg_file(cfg, path: Path, **ingest) -> Path:
     return path
 
 
-def cli_ingest(cfg_file: Path, source: Path, *extra: str, env=None, **popen):
-    cmd = [sys.executable, "-m", "freshindex.cli", "ingest", str(source), "--config", str(cfg_file)]
+def cli_ingest(
+    cfg_file: Path, source: Path, *extra: str, env=None, crash_after_commit=None, **popen
+):
+    """``freshindex ingest`` in a process; ``crash_after_commit=N``: it exits (137) right
+    after commit N of its commit step (tests/crashing.py)."""
+    cmd = [sys.executable, "-m", "freshindex.cli"]
+    if crash_after_commit is not None:
+        cmd = [sys.executable, "-m", "tests.crashing", "batch", "after_commit"]
+        cmd += [str(crash_after_commit), "--"]
+    cmd += ["ingest", str(source), "--config", str(cfg_file)]
     return subprocess.Popen(
         [*cmd, *extra],
         cwd=ROOT,
@@ -222,7 +229,7 @@ def test_crash_between_commits_then_rerun_equals_one_clean_run(fake_cfg, tmp_pat
     clean_cfg = dataclasses.replace(fake_cfg, db=str(tmp_path / "clean"))
     ingest(clean_cfg, corpus)
     cfg_file = write_cfg_file(fake_cfg, tmp_path / "cfg.yaml", commit_max_rows=50, docs_per_batch=2)
-    proc = cli_ingest(cfg_file, corpus, env={FAULT_CRASH_AFTER_COMMIT: "1"})
+    proc = cli_ingest(cfg_file, corpus, crash_after_commit=1)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 137, out
     partial = table_rows(fake_cfg.db)

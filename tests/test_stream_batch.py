@@ -491,9 +491,10 @@ def test_poison_messages_never_stop_a_micro_batch(fake_cfg):
 
 def test_any_failure_of_one_document_is_its_error_not_the_batch(fake_cfg, monkeypatch):
     """Decoder and row-building bugs that no validation foresaw: the document, not the batch."""
-    import freshindex.pipelines.stream as stream_module
+    import freshindex.pipelines.stream.microbatch as stream_module
+    import freshindex.transforms.process as process_module
 
-    real_decode, real_rows = stream_module.decode_message, stream_module.rows_for
+    real_decode, real_rows = stream_module.decode_message, process_module.rows_for
 
     def decode(record, max_bytes):
         if record.key == b"decoder-bug":
@@ -506,7 +507,7 @@ def test_any_failure_of_one_document_is_its_error_not_the_batch(fake_cfg, monkey
         return real_rows(docs, **kw)
 
     monkeypatch.setattr(stream_module, "decode_message", decode)
-    monkeypatch.setattr(stream_module, "rows_for", rows_for)
+    monkeypatch.setattr(process_module, "rows_for", rows_for)
     topic = Topic(partitions=1)
     topic.send("a", text="Alpha.")
     topic.send("decoder-bug", text="x")

@@ -11,6 +11,7 @@ import pytest
 
 from freshindex.errors import ConfigError
 from freshindex.pipelines.stream import split_batches, stream_config, take_contiguous
+from freshindex.pipelines.stream.offsets import gap_deadline
 from freshindex.schemas.messages import (
     DELETE,
     UPSERT,
@@ -154,6 +155,30 @@ def test_take_contiguous_holds_gaps_and_drops_replays():
     assert len(ready) == 1 and not held
 
 
+def test_the_java_reader_takes_an_offset_gap_after_a_bounded_wait():
+    """A compacted topic has offsets no record holds: the Java reader's read after such a
+    gap is held for ``gap_wait_s`` (an earlier read may still be on its way), then taken."""
+    positions = {("docs", 0): 10}
+    after_gap = [poll(14, 15, read_at=100.0), poll(15, 16, read_at=100.2)]
+    ready, held = take_contiguous(after_gap, positions, gap_wait_s=2.0, now=101.0)
+    assert not ready and [p.start for p in held] == [14, 15]  # still waiting
+    assert gap_deadline(held, 2.0) == 102.0  # when the committer looks again
+    ready, held = take_contiguous(after_gap, positions, gap_wait_s=2.0, now=102.0)
+    assert [(p.start, p.end) for p in ready] == [(14, 15), (15, 16)] and not held
+    # the missing read arriving within the wait is applied in order, with nothing skipped
+    late = [*after_gap, poll(10, 14, read_at=101.5)]
+    ready, held = take_contiguous(late, positions, gap_wait_s=2.0, now=101.6)
+    assert [(p.start, p.end) for p in ready] == [  # in offset order, whatever the read order
+        (10, 14),
+        (14, 15),
+        (15, 16),
+    ]
+    assert not held
+    # the python reader (no gap_wait_s) holds a gap until its read arrives, however long
+    ready, held = take_contiguous(after_gap, positions, now=10_000.0)
+    assert not ready and len(held) == 2 and gap_deadline(held, None) is None
+
+
 def test_split_batches_cuts_reads_at_record_boundaries():
     reads = [poll(0, 7, [0, 2, 3, 5, 6]), poll(7, 9, partition=1), poll(9, 10, [])]
     groups = split_batches(reads, 2)
@@ -174,7 +199,7 @@ def test_the_cli_and_the_pipeline_module_read_stream_flags_alike(fake_cfg):
         shlex.split(
             "stream --topic a,b --topic c --bootstrap k:1 --group g --batch-interval 0.2 "
             "--max-batch 7 --stop-at-end --runner Direct --kafka-option retries=3 "
-            "--dead-letter-topic dlq --reader python --allow-uri-messages "
+            "--dead-letter-topic dlq --reader python --allow-uri-messages --gap-wait 3 "
             "--allowed-uri-prefix /srv/docs --allowed-uri-prefix s3://b/d"
         )
     )
@@ -182,13 +207,14 @@ def test_the_cli_and_the_pipeline_module_read_stream_flags_alike(fake_cfg):
         shlex.split(
             "--topics a,b,c --kafka_bootstrap_servers k:1 --group_id g --batch_interval_s 0.2 "
             "--max_batch_messages 7 --stop_at_end --kafka_option retries=3 "
-            "--dead_letter_topic dlq --kafka_reader python --allow_uri_messages "
+            "--dead_letter_topic dlq --kafka_reader python --allow_uri_messages --gap_wait_s 3 "
             "--allowed_uri_prefix /srv/docs --allowed_uri_prefix s3://b/d"
         )
     ).view_as(StreamOptions)
     from_cli = stream_config_from_flags(fake_cfg, cli)
     assert from_cli == stream_config_from_flags(fake_cfg, module)
     assert from_cli.kafka.topics == ("a", "b", "c") and from_cli.max_batch_messages == 7
+    assert from_cli.gap_wait_s == 3
     assert from_cli.allow_uri_messages
     assert from_cli.allowed_uri_prefixes == (os.path.realpath("/srv/docs"), "s3://b/d/")
     no_uri = build_parser().parse_known_args(["stream", "--topic", "a"])[0]
@@ -248,7 +274,7 @@ def test_xlang_reader_is_configured_but_needs_an_expansion_service(fake_cfg):
     checks its configuration and that choosing it builds the Java transform."""
     from apache_beam.transforms.external import ExternalTransform
 
-    from freshindex.transforms.kafka_io import ReadKafkaXlang, xlang_consumer_config
+    from freshindex.transforms.kafka_xlang import ReadKafkaXlang, xlang_consumer_config
 
     spec = stream_config(
         fake_cfg, topics="docs", bootstrap_servers="k:9", client_options=["security_protocol=SSL"]

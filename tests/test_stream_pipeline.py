@@ -21,7 +21,7 @@ import yaml
 from freshindex import store
 from freshindex.errors import SourceError
 from freshindex.kafka_broker import create_topic, kafka_for_tests
-from freshindex.pipelines.stream import FAULT_STREAM_CRASH, run_stream, stream_config
+from freshindex.pipelines.stream import run_stream, stream_config
 from freshindex.schemas.messages import KafkaRecord, encode_message
 from freshindex.schemas.records import ErrorRecord
 from tests.conftest import DOCS, ROOT, table_rows
@@ -185,7 +185,8 @@ def test_poison_messages_are_dead_lettered_and_the_batch_is_committed_once(
 
 
 def test_a_dead_letter_too_large_for_the_producer_goes_without_its_value(kafka):
-    from freshindex.transforms.kafka_io import DeadLetterProducer, KafkaSpec
+    from freshindex.transforms.dead_letters import DeadLetterProducer
+    from freshindex.transforms.kafka_io import KafkaSpec
 
     dlq = f"big-{uuid.uuid4().hex[:8]}.dlq"
     create_topic(kafka, dlq, partitions=1)
@@ -224,12 +225,17 @@ def write_cfg_file(cfg, path: Path) -> Path:
     return path
 
 
-def stream_process(cfg_file, bootstrap, topic, *extra, env=None):
-    """The plain Beam module, as an operator runs it."""
+def stream_process(cfg_file, bootstrap, topic, *extra, env=None, crash=None):
+    """The plain Beam module, as an operator runs it; ``crash="POINT:N"``: it SIGKILLs itself
+    at that point of micro-batch N (tests/crashing.py)."""
+    module = ["freshindex.pipelines.stream"]
+    if crash is not None:
+        point, n = crash.split(":")
+        module = ["tests.crashing", "stream", point, n, "--"]
     cmd = [
         sys.executable,
         "-m",
-        "freshindex.pipelines.stream",
+        *module,
         "--streaming",
         "--config",
         str(cfg_file),
@@ -333,9 +339,7 @@ def test_sigkill_mid_stream_then_restart_equals_one_clean_run(
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=30)
     else:  # the pipeline kills itself at that point of micro-batch 2
-        proc = stream_process(
-            cfg_file, kafka, topic, *args, "--stop_at_end", env={FAULT_STREAM_CRASH: crash}
-        )
+        proc = stream_process(cfg_file, kafka, topic, *args, "--stop_at_end", crash=crash)
         out, _ = proc.communicate(timeout=180)
     assert proc.returncode == -signal.SIGKILL, out
     publish(kafka, topic, messages[20:])

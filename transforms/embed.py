@@ -1,9 +1,9 @@
-"""Embed: ChunkedDocument -> EmbeddedDocument with sentence-transformers.
+"""Embed: ChunkedDocument -> EmbeddedDocument with sentence-transformers, as a Beam step.
 
 The model loads once per worker process (``get_embedder``). Documents are grouped into
-batches so one ``encode`` call sees many chunks. A chunk whose text the table already
-holds a vector for (same model, same text hash) is not embedded again, even inside a
-changed document: the stored vector is reused.
+batches so one ``encode`` call sees many chunks; stored vectors are reused
+(``freshindex.transforms.vectors``). The step and its per-document isolation are
+``freshindex.transforms.process.embed``, the one the stream's micro-batches take too.
 """
 
 from __future__ import annotations
@@ -13,63 +13,18 @@ import time
 from collections.abc import Iterator
 
 import apache_beam as beam
-import numpy as np
 
-from freshindex import store
 from freshindex.config import EmbeddingConfig
 from freshindex.embedding import get_embedder
-from freshindex.schemas.records import ChunkedDocument, EmbeddedDocument, ErrorRecord
+from freshindex.schemas.records import ChunkedDocument, EmbeddedDocument
+from freshindex.transforms import process
 from freshindex.transforms.plan import TableRef
+from freshindex.transforms.vectors import VectorReuse, embed_documents
+
+__all__ = ["ERRORS_TAG", "Embed", "VectorReuse", "embed_documents"]
 
 log = logging.getLogger(__name__)
 ERRORS_TAG = "errors"
-
-
-class VectorReuse:
-    """Looks up stored vectors by text hash in the table version a run started from."""
-
-    def __init__(self, ref: TableRef | None, model: str):
-        self._ref, self._model, self._table = ref, model, None
-
-    def lookup(self, text_hashes: list[str]) -> dict[str, np.ndarray]:
-        if self._ref is None or self._ref.version is None:
-            return {}
-        if self._table is None:
-            table = store.open_chunks(store.connect(self._ref.db_uri), self._ref.table)
-            table.checkout(self._ref.version)
-            self._table = table
-        return store.lookup_vectors(self._table, text_hashes, self._model)
-
-
-def embed_documents(
-    batch: list[ChunkedDocument], embedder, reuse: VectorReuse
-) -> list[EmbeddedDocument]:
-    """Vectors for every chunk of ``batch``: stored ones where they exist, else encoded."""
-    hashes = [c.text_hash for d in batch for c in d.chunks]
-    known = reuse.lookup(hashes)
-    missing: dict[str, str] = {}
-    for doc in batch:
-        for c in doc.chunks:
-            if c.text_hash not in known:
-                missing.setdefault(c.text_hash, c.text)
-    fresh: dict[str, np.ndarray] = {}
-    if missing:
-        encoded = embedder.encode(list(missing.values()))
-        fresh = dict(zip(missing.keys(), encoded))
-    out = []
-    for doc in batch:
-        vectors = np.stack([fresh.get(c.text_hash, known.get(c.text_hash)) for c in doc.chunks])
-        n_reused = sum(1 for c in doc.chunks if c.text_hash in known)
-        out.append(
-            EmbeddedDocument(
-                document=doc.document,
-                chunks=doc.chunks,
-                vectors=vectors.astype(np.float32),
-                embedded=len(doc.chunks) - n_reused,
-                reused=n_reused,
-            )
-        )
-    return out
 
 
 class _EmbedFn(beam.DoFn):
@@ -83,24 +38,9 @@ class _EmbedFn(beam.DoFn):
 
     def process(self, batch: list[ChunkedDocument]) -> Iterator[EmbeddedDocument]:
         embedder = get_embedder(self._cfg)
-        try:
-            results = embed_documents(batch, embedder, self._reuse)
-        except Exception:
-            # isolate the bad document: embed one by one, record the ones that fail
-            results = []
-            for doc in batch:
-                try:
-                    results.extend(embed_documents([doc], embedder, self._reuse))
-                except Exception as exc:
-                    yield beam.pvalue.TaggedOutput(
-                        ERRORS_TAG,
-                        ErrorRecord.from_exception(
-                            "embed",
-                            exc,
-                            doc_id=doc.document.doc_id,
-                            source_uri=doc.document.source_uri,
-                        ),
-                    )
+        results, errors = process.embed(batch, embedder, self._reuse)
+        for error in errors:
+            yield beam.pvalue.TaggedOutput(ERRORS_TAG, error)
         for result in results:
             self._count += result.embedded
             self._embedded.inc(result.embedded)

@@ -7,10 +7,9 @@
   partition, read with kafka-python. It emits ``PollBatch`` elements whose offset ranges
   are contiguous per partition, so the committer can prove it skipped nothing. Unbounded
   unless the run stops at the log end it saw at start (``stop_at``).
-- ``ReadKafkaXlang``: Beam's Java ``ReadFromKafka`` for Flink/Dataflow users, who have an
-  expansion service. It resumes from the group's committed offsets only.
+- ``ReadKafkaXlang`` (``freshindex.transforms.kafka_xlang``): Beam's Java ``ReadFromKafka``.
 - ``KafkaOffsets``: committed, first and end offsets of partitions, and offset commits.
-- ``DeadLetterProducer``: copies a bad message, with the error in its headers, to a topic.
+- ``DeadLetterProducer`` (``freshindex.transforms.dead_letters``): bad messages to a topic.
 
 Clients are created in the worker (``DoFn.setup``), never at import or pipeline build.
 """
@@ -34,7 +33,6 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from freshindex.errors import ConfigError, SourceError
 from freshindex.schemas.messages import KafkaRecord, PollBatch
-from freshindex.schemas.records import ErrorRecord
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +45,7 @@ def request_stop() -> None:
     """Ask the partition readers of this process to stop; the pipeline then drains.
 
     Works where the runner executes the reader in this process (the DirectRunner, as
-    pipelines/stream.py runs it); on Flink or Dataflow, drain the job instead.
+    freshindex.pipelines.stream runs it); on Flink or Dataflow, drain the job instead.
     """
     _STOP.set()
 
@@ -60,7 +58,7 @@ def stop_requested() -> bool:
     return _STOP.is_set()
 
 
-def _option_value(raw: str):
+def option_value(raw: str):
     if raw.startswith("env:"):
         name = raw[4:]
         if name not in os.environ:
@@ -100,7 +98,7 @@ class KafkaSpec:
 
     def client_config(self) -> dict:
         config = {"bootstrap_servers": self.bootstrap_servers.split(",")}
-        config.update({k: _option_value(v) for k, v in self.client_options})
+        config.update({k: option_value(v) for k, v in self.client_options})
         return config
 
 
@@ -389,120 +387,3 @@ class ReadKafkaPartitions(beam.PTransform):
             | "Partitions" >> beam.Create(self._starts)
             | "ReadPartitions" >> beam.ParDo(_ReadPartitionFn(self._spec, timeout))
         )
-
-
-# ------------------------------------------------------------------ the Java reader
-
-
-def _poll_batch_from_row(row) -> PollBatch:
-    headers = tuple((h.key, h.value) for h in (getattr(row, "headers", None) or ()))
-    record = KafkaRecord(
-        topic=row.topic,
-        partition=int(row.partition),
-        offset=int(row.offset),
-        key=row.key,
-        value=row.value,
-        timestamp_ms=int(row.timestamp),
-        headers=headers,
-    )
-    return PollBatch(
-        record.topic, record.partition, record.offset, record.offset + 1, (record,), time.time()
-    )
-
-
-def xlang_consumer_config(spec: KafkaSpec) -> dict[str, str]:
-    """Java consumer properties: ours, plus client options with '_' read as '.'."""
-    config = {
-        "bootstrap.servers": spec.bootstrap_servers,
-        "group.id": spec.group_id,
-        "auto.offset.reset": spec.start_offset,
-        "enable.auto.commit": "false",
-    }
-    config.update({k.replace("_", "."): str(_option_value(v)) for k, v in spec.client_options})
-    return config
-
-
-class ReadKafkaXlang(beam.PTransform):
-    """PBegin -> PollBatch through Beam's Java ``ReadFromKafka`` (Flink, Dataflow, Prism).
-
-    Needs a Java expansion service (Beam downloads it from Maven when none is given).
-    It starts from the group's committed offsets, which the stream commits only after the
-    table commit, so a restart replays at most the last batch (idempotent). Offsets
-    recorded in the table are not used, and a single record is one PollBatch.
-    """
-
-    def __init__(self, spec: KafkaSpec, expansion_service: str | None = None):
-        super().__init__()
-        self._spec, self._expansion_service = spec, expansion_service
-
-    def reader(self):
-        from apache_beam.io.kafka import ReadFromKafka
-
-        return ReadFromKafka(
-            consumer_config=xlang_consumer_config(self._spec),
-            topics=list(self._spec.topics),
-            with_metadata=True,
-            timestamp_policy=ReadFromKafka.processing_time_policy,
-            expansion_service=self._expansion_service,
-        )
-
-    def expand(self, pbegin):
-        return (
-            pbegin
-            | "ReadFromKafka" >> self.reader()
-            | "ToPollBatches" >> beam.Map(_poll_batch_from_row)
-        )
-
-
-# ------------------------------------------------------------------ dead letters
-
-
-class DeadLetterProducer:
-    """Copies bad messages to a dead-letter topic, with the error in ``freshindex.*`` headers.
-
-    Example::
-
-        dlq = DeadLetterProducer(spec, "docs.dlq")
-        dlq.send(record, error)
-        dlq.flush()  # before the source offsets are committed: at-least-once
-    """
-
-    def __init__(self, spec: KafkaSpec, topic: str):
-        self._topic = topic
-        self._producer = new_producer(spec)
-
-    def send(self, record: KafkaRecord, error: ErrorRecord) -> None:
-        """Queue a copy of ``record``. One the producer refuses (over its request size, say)
-        is sent again without its value and original headers, marked
-        ``freshindex.value_dropped``: its coordinates in ``freshindex.source`` still find it."""
-        ours = [
-            ("freshindex.error.stage", error.stage.encode()),
-            ("freshindex.error.class", error.error_class.encode()),
-            ("freshindex.error.message", error.message[:1000].encode("utf-8", "replace")),
-            ("freshindex.source", record.where.encode()),
-        ]
-        try:
-            self._producer.send(
-                self._topic,
-                key=record.key,
-                value=record.value,
-                headers=[*record.headers, *ours],
-                timestamp_ms=record.timestamp_ms,
-            )
-        except Exception as exc:
-            log.warning(
-                "dead letter of %s refused (%s): sending it without its value", record.where, exc
-            )
-            self._producer.send(
-                self._topic,
-                key=record.key,
-                value=None,
-                headers=[*ours, ("freshindex.value_dropped", str(exc)[:200].encode())],
-                timestamp_ms=record.timestamp_ms,
-            )
-
-    def flush(self, timeout_s: float = 30) -> None:
-        self._producer.flush(timeout=timeout_s)
-
-    def close(self) -> None:
-        self._producer.close()

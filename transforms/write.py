@@ -26,7 +26,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -46,10 +45,6 @@ from freshindex.schemas.tables import chunks_schema
 from freshindex.transforms.plan import Owns, TableRef, may_write, namespace_conflict
 
 log = logging.getLogger(__name__)
-
-# Fault injection for the crash tests: the process dies right after commit N of a run,
-# as a SIGKILL would leave it (no cleanup, no manifest).
-FAULT_CRASH_AFTER_COMMIT = "FRESHINDEX_FAULT_CRASH_AFTER_COMMIT"
 
 # Run statuses (``runs.status``) and the errors rows that explain withheld deletes.
 SUCCEEDED, FAILED_THRESHOLD, REFUSED_MASS_DELETE = (
@@ -394,8 +389,6 @@ def commit_run(
             log.info(
                 "commit %d/%d: %d rows -> version %s", i + 1, len(groups), data.num_rows, version
             )
-            if os.environ.get(FAULT_CRASH_AFTER_COMMIT) == str(i + 1):
-                os._exit(137)
         if not groups and deleted:
             result.versions.append(commit_changes(table, None, delete_docs=deleted))
         result.docs_deleted = len(deleted)

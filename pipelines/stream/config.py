@@ -1,0 +1,146 @@
+"""The stream's settings: ``StreamConfig`` (how it reads and batches), built from arguments,
+flags and the environment, and ``StreamRun``, what a run fixes when its pipeline is built.
+The table, model and chunking are in ``freshindex.config.Config``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from freshindex.config import Config, check_namespace, normalize_uri_prefix
+from freshindex.errors import ConfigError
+from freshindex.schemas.messages import DEFAULT_MAX_MESSAGE_BYTES
+from freshindex.transforms.kafka_io import KafkaSpec, PartitionStart, parse_client_options
+
+DEFAULT_BOOTSTRAP = "localhost:9092"
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How the stream reads and batches; the table, model and chunking are in ``Config``."""
+
+    kafka: KafkaSpec
+    # A micro-batch closes this long after its first message, or at max_batch_messages.
+    # Short, for freshness: when the stream falls behind, batches grow on their own.
+    batch_interval_s: float = 0.5
+    max_batch_messages: int = 500
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    stop_at_end: bool = False  # index what the topics hold at start, then stop
+    duration_s: float | None = None  # stop after this long
+    dead_letter_topic: str | None = None
+    reader: str = "python"  # python: kafka-python SDF; xlang: Beam's Java ReadFromKafka
+    expansion_service: str | None = None
+    # uri messages: off by default; when on, only files under these prefixes are read
+    # (``stream:`` in the config file; normalized like ``freshindex.config.StreamingConfig``)
+    allow_uri_messages: bool = False
+    allowed_uri_prefixes: tuple[str, ...] = ()
+    # who owns the documents the stream writes; None: kafka:<topic> per message. Only a
+    # namespace shared with a batch source lets the stream replace or delete its documents.
+    namespace: str | None = None
+    # the Java reader: how long a read after an offset gap waits for the offsets before it;
+    # then the gap is taken as offsets no record holds (a compacted topic). See offsets.py.
+    gap_wait_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        prefixes = tuple(normalize_uri_prefix(p) for p in self.allowed_uri_prefixes)
+        object.__setattr__(self, "allowed_uri_prefixes", prefixes)
+        if self.allow_uri_messages and not prefixes:
+            raise ConfigError(
+                "uri messages are allowed but no prefix is",
+                hint="give --allowed-uri-prefix ROOT (or stream.allowed_uri_prefixes)",
+            )
+        if self.batch_interval_s < 0 or self.max_batch_messages < 1:
+            raise ConfigError("batch_interval_s must be >= 0 and max_batch_messages >= 1")
+        if self.max_message_bytes < 1:
+            raise ConfigError("max_message_bytes must be >= 1")
+        if self.gap_wait_s < 0:
+            raise ConfigError(f"gap_wait_s must be >= 0, got {self.gap_wait_s}")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ConfigError(f"duration_s must be positive, got {self.duration_s}")
+        if self.reader not in ("python", "xlang"):
+            raise ConfigError(f"kafka_reader must be python or xlang, got {self.reader!r}")
+        if self.reader == "xlang" and self.stop_at_end:
+            raise ConfigError(
+                "--stop_at_end needs the python reader",
+                hint="the Java reader has no end offsets here; use --duration_s",
+            )
+        if self.dead_letter_topic and self.dead_letter_topic in self.kafka.topics:
+            raise ConfigError("the dead-letter topic must not be one of the topics read")
+        check_namespace("stream.namespace", self.namespace)
+
+
+def stream_config(
+    cfg: Config,
+    *,
+    topics: Sequence[str] | str,
+    bootstrap_servers: str | None = None,
+    group_id: str | None = None,
+    start_offset: str | None = None,
+    client_options: Sequence[str] | None = None,
+    environ: dict[str, str] | None = None,
+    **settings: Any,
+) -> StreamConfig:
+    """A validated StreamConfig: arguments, then KAFKA_BOOTSTRAP_SERVERS, then defaults.
+    The consumer group defaults to ``freshindex-<table>``; ``settings`` are StreamConfig
+    fields (None values are ignored, so unset flags keep the defaults; the uri settings
+    default to the config's ``stream:`` section)."""
+    env = os.environ if environ is None else environ
+    if isinstance(topics, str):
+        topics = [topics]
+    topics = [t.strip() for value in topics for t in value.split(",")]
+    kafka = KafkaSpec(
+        bootstrap_servers=bootstrap_servers
+        or env.get("KAFKA_BOOTSTRAP_SERVERS")
+        or DEFAULT_BOOTSTRAP,
+        topics=tuple(t for t in topics if t),
+        group_id=group_id or f"freshindex-{cfg.table}",
+        start_offset=start_offset or "earliest",
+        client_options=parse_client_options(client_options),
+    )
+    settings = {k: v for k, v in settings.items() if v is not None}
+    settings.setdefault("allow_uri_messages", cfg.stream.allow_uri_messages)
+    settings.setdefault("allowed_uri_prefixes", tuple(cfg.stream.allowed_uri_prefixes))
+    settings["allowed_uri_prefixes"] = tuple(settings["allowed_uri_prefixes"])
+    return StreamConfig(kafka=kafka, **settings)
+
+
+def stream_config_from_flags(cfg: Config, flags: Any) -> StreamConfig:
+    """``stream_config`` from parsed flags named as in ``StreamOptions``: the Beam options of
+    ``python -m freshindex.pipelines.stream``, or the arguments of ``freshindex stream``."""
+    return stream_config(
+        cfg,
+        topics=flags.topics,
+        bootstrap_servers=flags.kafka_bootstrap_servers,
+        group_id=flags.group_id,
+        start_offset=flags.start_offset,
+        client_options=flags.kafka_option,
+        batch_interval_s=flags.batch_interval_s,
+        max_batch_messages=flags.max_batch_messages,
+        max_message_bytes=flags.max_message_bytes,
+        stop_at_end=flags.stop_at_end or None,
+        duration_s=flags.duration_s,
+        dead_letter_topic=flags.dead_letter_topic,
+        reader=flags.kafka_reader,
+        expansion_service=flags.kafka_expansion_service,
+        allow_uri_messages=flags.allow_uri_messages or None,
+        allowed_uri_prefixes=flags.allowed_uri_prefix,
+        namespace=getattr(flags, "stream_namespace", None),
+        gap_wait_s=getattr(flags, "gap_wait_s", None),
+    )
+
+
+@dataclass(frozen=True)
+class StreamRun:
+    """What the committer needs to know about the run, fixed when the pipeline is built."""
+
+    run_id: str
+    cfg: Config
+    stream: StreamConfig
+    starts: tuple[PartitionStart, ...]
+    started_at: float
+
+    @property
+    def group_id(self) -> str:
+        return self.stream.kafka.group_id
