@@ -534,7 +534,7 @@ class IndexReader:
             previous = max(self._pinned.values(), key=lambda p: p.version, default=None)
         table = self.db.open_table(self.table_name)
         table.checkout(version)
-        from freshindex.maintain import ann_search_params
+        from freshindex.store import ann_search_params
 
         pinned = PinnedTable(
             table,
