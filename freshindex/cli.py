@@ -5,6 +5,7 @@ freshindex ingest SOURCE --table NAME [--db URI] [--sync full|append] [--namespa
 freshindex versions --table NAME
 freshindex rollback --to RUN_OR_VERSION --table NAME
 freshindex errors --table NAME [--run RUN_ID]
+freshindex upgrade --table NAME [--db URI]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from freshindex.config import load_config
 from freshindex.errors import FreshIndexError
 from freshindex.query.versions import version_rows
 from freshindex.runtime import prepare_offline
+from freshindex.schemas.bookkeeping import RunRecord, new_run_id
 
 # Modules that contribute subcommands through ``register_cli(subparsers)``.
 PLUGIN_MODULES = (
@@ -117,8 +119,6 @@ def cmd_versions(args, _beam_args) -> int:
 
 def rollback(db_uri: str, table_name: str, ref: str) -> dict[str, Any]:
     """Restore the table to a version, tag or run id as a new version; records a manifest row."""
-    from freshindex.pipelines.batch import new_run_id
-
     db = store.connect(db_uri)
     with store.commit_lock(db_uri, table_name):
         table = store.open_chunks(db, table_name)
@@ -128,19 +128,19 @@ def rollback(db_uri: str, table_name: str, ref: str) -> dict[str, Any]:
         run_id = new_run_id()
         tag = f"rollback-{run_id}"
         store.tag_version(table, tag, table.version)
-        row = {
-            "run_id": run_id,
-            "kind": "rollback",
-            "table_name": table_name,
-            "source": f"version {target} ({ref})",
-            "status": "succeeded",
-            "started_at": started,
-            "finished_at": store.utcnow(),
-            "table_version": table.version,
-            "tag": tag,
-        }
-    store.append_run(db, row)
-    return row
+        record = RunRecord(
+            run_id=run_id,
+            kind="rollback",
+            table_name=table_name,
+            source=f"version {target} ({ref})",
+            status="succeeded",
+            started_at=started,
+            finished_at=store.utcnow(),
+            table_version=table.version,
+            tag=tag,
+        )
+    store.append_run(db, record)
+    return record.to_dict()
 
 
 def cmd_rollback(args, _beam_args) -> int:
@@ -172,6 +172,16 @@ def cmd_errors(args, _beam_args) -> int:
                 r["where"] = f"{r['topic']}[{r['partition']}]@{r['offset']} {r['where']}"
             r["message"] = r["message"].splitlines()[0][:100]
         _print_rows(rows, ["when", "run_id", "stage", "error_class", "where", "message"])
+    return 0
+
+
+def cmd_upgrade(args, _beam_args) -> int:
+    cfg = config_from_args(args)
+    report = store.apply_upgrades(cfg.db, cfg.table)
+    if args.json:
+        print(json.dumps(report.added, indent=2))
+    else:
+        print(report.summary())
     return 0
 
 
@@ -222,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="a run id, or 'latest'")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_errors)
+
+    p = sub.add_parser(
+        "upgrade",
+        help="apply pending schema upgrades to a table and the bookkeeping tables",
+        description="Adds the columns newer freshindex versions write (null in old rows) to "
+        "the chunks table and to runs, errors, stream_batches and ann_state. Idempotent.",
+    )
+    add_common_args(p)
+    p.set_defaults(func=cmd_upgrade)
 
     # Other planes add their own subcommands; each module keeps heavy imports inside the
     # command functions so `freshindex --help` stays fast.

@@ -13,7 +13,6 @@ pipeline composes the same ones.
 from __future__ import annotations
 
 import logging
-import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -27,7 +26,10 @@ from freshindex.config import Config
 from freshindex.embedding import resolve_dtype
 from freshindex.pipelines.options import FreshIndexOptions
 from freshindex.runtime import prepare_offline
+from freshindex.schemas.bookkeeping import new_run_id
 from freshindex.schemas.records import ErrorRecord
+from freshindex.store.chunks import current_version
+from freshindex.store.upkeep import maintain
 from freshindex.transforms.chunk import ChunkDocuments
 from freshindex.transforms.embed import Embed
 from freshindex.transforms.parse import Parse, ReadKnownFailures, failure_fingerprint
@@ -43,11 +45,6 @@ from freshindex.transforms.write import (
 )
 
 log = logging.getLogger("freshindex.batch")
-
-
-def new_run_id() -> str:
-    """A sortable, human-readable run id: UTC time plus a short random suffix."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
 def run_settings(cfg: Config) -> dict[str, Any]:
@@ -111,16 +108,6 @@ def build_ingest(
     )
 
 
-def current_version(db_uri: str, table: str, model: str) -> int | None:
-    """The version a run starts from (None for a new table); checks the table's model."""
-    db = store.connect(db_uri)
-    if table not in store.table_names(db):
-        return None
-    tbl = db.open_table(table)
-    store.check_model(tbl, model)
-    return tbl.version
-
-
 def run_ingest(
     cfg: Config,
     source: str,
@@ -151,7 +138,6 @@ def run_ingest(
         started_at=time.time(),
         max_failure_fraction=cfg.ingest.max_failure_fraction,
         commit_max_rows=cfg.ingest.commit_max_rows,
-        maintenance=cfg.maintenance if cfg.maintenance.after_batch else None,
         namespace=spec.namespace,
         owns=spec.owns,
         max_delete_fraction=cfg.ingest.max_delete_fraction,
@@ -176,7 +162,27 @@ def run_ingest(
     ]
     if not rows:
         raise RuntimeError(f"run {run.run_id} finished without recording its manifest")
-    return rows[0]
+    row = rows[0]
+    if cfg.maintenance.after_batch and (row["chunks_written"] or row["docs_deleted"]):
+        row["upkeep"] = upkeep_after_run(cfg, run.run_id)
+    return row
+
+
+def upkeep_after_run(cfg: Config, run_id: str) -> str:
+    """Table upkeep once the run's commit is done (``maintenance.after_batch``); returns its
+    summary. Upkeep runs here, in the launching process after the pipeline finished, not in
+    the commit step: it is the table's housekeeping, not part of the run's data. A failure
+    is an ``errors`` row (stage ``maintain``) and the run still succeeded: the data is
+    committed, and the next upkeep retries."""
+    try:
+        report = maintain(cfg.db, cfg.table, cfg.maintenance)
+    except Exception as exc:  # the data is committed; upkeep is retried next time
+        log.warning("table upkeep failed: %s", exc)
+        error = ErrorRecord.from_exception("maintain", exc, doc_id=None, source_uri=cfg.table)
+        store.append_errors(store.connect(cfg.db), run_id, cfg.table, [error])
+        return f"table upkeep failed: {error.error_class}: {error.message}"
+    log.info("%s", report.summary())
+    return report.summary()
 
 
 def known_bad_note(row: dict[str, Any]) -> str:

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from freshindex.query.errors import FilterError
+from freshindex.schemas.predicates import col, lit, prefix_successor
 
 STR, INT, TS, JSON = "string", "int", "timestamp", "json"
 
@@ -317,8 +318,6 @@ def to_expr(filters: Sequence[Filter]):
 
     Values are literals in an expression tree, never text spliced into SQL.
     """
-    from lancedb.expr import col, lit
-
     expr = None
     for f in filters:
         if f.is_metadata:
@@ -343,28 +342,13 @@ def to_expr(filters: Sequence[Filter]):
         elif f.op == "contains":
             e = c.contains(lit(f.value))
         elif f.op == "prefix":  # the expression builder has no starts_with: a key range
-            upper = _prefix_successor(f.value)
+            upper = prefix_successor(f.value)
             e = c >= lit(f.value)
             e = e if upper is None else e & (c < lit(upper))
         else:  # unreachable: Filter.of allow-lists operators
             raise FilterError(f"operator {f.op!r}")
         expr = e if expr is None else expr & e
     return expr
-
-
-def _prefix_successor(prefix: str) -> str | None:
-    """The least string above every string that starts with ``prefix`` (code-point order, as
-    UTF-8 bytes compare), or None when there is none."""
-    chars = list(prefix)
-    while chars:
-        point = ord(chars[-1]) + 1
-        if point == 0xD800:  # surrogates are not characters
-            point = 0xE000
-        if point <= 0x10FFFF:
-            chars[-1] = chr(point)
-            return "".join(chars)
-        chars.pop()
-    return None
 
 
 # ---------------------------------------------------------------- pyarrow masks

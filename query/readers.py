@@ -18,13 +18,13 @@ import threading
 
 from freshindex import store
 from freshindex.config import EmbeddingConfig
-
-# The tuned ANN parameters live with table upkeep until store takes them (issue 11); this is
-# the query plane's only import of it.
-from freshindex.maintain import ann_search_params
 from freshindex.query.config import RetrievalConfig
 from freshindex.query.errors import QueryError
 from freshindex.query.pinning import FtsPool, PinnedTable
+
+# The tuned ANN parameters live with table upkeep until store takes them (issue 11); this is
+# the query plane's only import of it.
+from freshindex.store import ann_search_params
 
 
 class IndexReader:

@@ -12,6 +12,10 @@ from typing import Any
 
 import pyarrow as pa
 
+# Written into every table's metadata and checked on open (freshindex.store.upgrade): a
+# table of a newer version is refused. Additive changes (a new nullable column) keep the
+# version: an older table gets the column on open. A change an older freshindex cannot
+# read bumps it.
 SCHEMA_VERSION = "1"
 META_PREFIX = "freshindex."
 
@@ -125,7 +129,28 @@ RUNS_SCHEMA = pa.schema(
     metadata={f"{META_PREFIX}schema_version": SCHEMA_VERSION},
 )
 
+# The ANN index state upkeep chose for each chunks table, one row per build or re-tune: read
+# by the query plane (the search parameters) with one filtered lookup. Tables maintained
+# before this table existed keep their state in ``runs.settings`` (read as a fallback).
+ANN_STATE_SCHEMA = pa.schema(
+    [
+        pa.field("table_name", pa.string(), nullable=False),
+        pa.field("run_id", pa.string()),  # the maintain run that recorded it
+        pa.field("recorded_at", _TS, nullable=False),
+        pa.field("index_type", pa.string()),
+        pa.field("action", pa.string()),  # built | rebuilt | kept
+        pa.field("rows_at_build", pa.int64(), nullable=False),
+        pa.field("num_partitions", pa.int64()),
+        pa.field("rows", pa.int64()),
+        pa.field("recall", pa.float64()),
+        pa.field("nprobes", pa.int64()),
+        pa.field("refine_factor", pa.int64()),
+    ],
+    metadata={f"{META_PREFIX}schema_version": SCHEMA_VERSION},
+)
+
 ERRORS_TABLE = "errors"
 RUNS_TABLE = "runs"
 STREAM_BATCHES_TABLE = "stream_batches"  # its schema: freshindex.schemas.messages
-RESERVED_TABLES = (ERRORS_TABLE, RUNS_TABLE, STREAM_BATCHES_TABLE)
+ANN_STATE_TABLE = "ann_state"
+RESERVED_TABLES = (ERRORS_TABLE, RUNS_TABLE, STREAM_BATCHES_TABLE, ANN_STATE_TABLE)

@@ -2,7 +2,7 @@
 
 Part 1 (``--commits``, default 10,000): two tables receive the same stream of one-document
 upserts (384-d vectors), one commit each. ``without`` never runs upkeep; ``with`` runs
-``freshindex.maintain`` on the stream's schedule with the retention policy of
+``freshindex.store.upkeep`` on the stream's schedule with the retention policy of
 ``--policy``: ``shipped`` (default: the ``maintenance:`` section of configs/default.yaml,
 which keeps every version of the last hour), or ``last20`` (only the last 20 versions, the
 policy of the earlier runs). Then, for each table: query latency p50/p99 (exact vector
@@ -45,14 +45,14 @@ sys.path.insert(0, str(ROOT))
 
 from freshindex import store  # noqa: E402
 from freshindex.config import MaintenanceConfig, load_config  # noqa: E402
-from freshindex.maintain import (  # noqa: E402
+from freshindex.schemas.records import Chunk, Document, EmbeddedDocument, chunk_id_for, sha256_hex  # noqa: E402
+from freshindex.store.upkeep import (  # noqa: E402
     UpkeepSchedule,
     disk_bytes,
     maintain,
     measure_recall,
     sample_vectors,
 )
-from freshindex.schemas.records import Chunk, Document, EmbeddedDocument, chunk_id_for, sha256_hex  # noqa: E402
 from freshindex.transforms.write import commit_changes, rows_for  # noqa: E402
 
 DIM = 384

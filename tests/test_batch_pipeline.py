@@ -19,9 +19,9 @@ import yaml
 
 from freshindex import store
 from freshindex.cli import rollback
-from freshindex.maintain import maintain
 from freshindex.pipelines.batch import format_summary, run_ingest
 from freshindex.pipelines.options import FreshIndexOptions
+from freshindex.store.upkeep import maintain
 from tests.conftest import DOCS, FIXTURES, ROOT, table_rows, write_corpus
 
 
@@ -166,6 +166,34 @@ def test_versions_and_rollback_round_trip(fake_cfg, corpus):
     # the next run after a rollback re-applies the source as it is now
     third = ingest(fake_cfg, corpus)
     assert (third["docs_updated"], third["docs_deleted"]) == (1, 1)
+
+
+def test_upkeep_runs_after_the_commit_and_its_failure_is_an_errors_row(
+    fake_cfg, corpus, monkeypatch
+):
+    import freshindex.pipelines.batch as batch
+
+    first = ingest(fake_cfg, corpus)
+    runs = store.read_runs(store.connect(fake_cfg.db), "docs")
+    assert [r["kind"] for r in runs] == ["batch", "maintain"]  # upkeep after the batch commit
+    assert first["upkeep"].startswith("maintained docs")
+    assert (
+        f"run-{first['run_id']}"
+        in store.open_chunks(store.connect(fake_cfg.db), "docs").tags.list()
+    )
+
+    def broken(*_args, **_kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(batch, "maintain", broken)
+    (corpus / "notes/ducks.md").write_text("# Geese\n\nGeese are larger than ducks.")
+    second = ingest(fake_cfg, corpus)
+    assert second["status"] == "succeeded" and second["docs_updated"] == 1
+    assert "upkeep failed" in second["upkeep"]
+    errors = store.read_errors(store.connect(fake_cfg.db), run_id=second["run_id"])
+    assert [(e["stage"], e["error_class"]) for e in errors] == [("maintain", "OSError")]
+    unchanged = ingest(fake_cfg, corpus)  # nothing written: no upkeep
+    assert "upkeep" not in unchanged
 
 
 def test_jsonl_corpus_ingests_records_and_records_bad_lines(fake_cfg, tmp_path):

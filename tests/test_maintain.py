@@ -12,7 +12,8 @@ import pytest
 
 from freshindex import store
 from freshindex.config import MaintenanceConfig
-from freshindex.maintain import (
+from freshindex.schemas.records import Chunk, Document, EmbeddedDocument, chunk_id_for, sha256_hex
+from freshindex.store.upkeep import (
     UpkeepSchedule,
     ann_search_params,
     maintain,
@@ -20,7 +21,6 @@ from freshindex.maintain import (
     plan_retention,
     sample_vectors,
 )
-from freshindex.schemas.records import Chunk, Document, EmbeddedDocument, chunk_id_for, sha256_hex
 from freshindex.transforms.write import commit_changes, rows_for
 from tests.conftest import ROOT
 
@@ -191,6 +191,9 @@ def test_ann_index_meets_the_recall_target_on_the_tables_own_data(tmp_path):
     assert report.ann["recall"] >= 0.95
     params = ann_search_params(store.connect(db_uri), "docs")
     assert params["nprobes"] == report.ann["nprobes"]
+    # read from its own table, not from runs.settings
+    (state,) = store.connect(db_uri).open_table("ann_state").to_arrow().to_pylist()
+    assert (state["table_name"], state["rows_at_build"]) == ("docs", report.ann["rows_at_build"])
     table = store.open_chunks(store.connect(db_uri), "docs")
     fresh_queries = sample_vectors(table, 50, seed=99)  # not the queries used for tuning
     recall = measure_recall(

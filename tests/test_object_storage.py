@@ -13,8 +13,8 @@ import pytest
 
 from freshindex import store
 from freshindex.cli import rollback
-from freshindex.maintain import maintain
 from freshindex.pipelines.batch import run_ingest
+from freshindex.store.upkeep import maintain
 from tests.conftest import DOCS, FIXTURES, table_rows
 
 pytestmark = pytest.mark.slow

@@ -20,8 +20,6 @@ ALLOWED = (
     "freshindex.store",
     "freshindex.embedding",
 )
-# ann_search_params moves to freshindex.store (issue 11); until then its one import is here.
-UNTIL_STORE_HAS_ANN_PARAMS = {("readers.py", "freshindex.maintain")}
 
 
 def _imports(path: Path) -> list[str]:
@@ -43,7 +41,7 @@ def test_the_query_plane_imports_only_the_floors_below_it():
         rel = path.relative_to(QUERY_DIR).as_posix()
         for name in _imports(path):
             ok = any(name == a or name.startswith(a + ".") for a in ALLOWED)
-            if not ok and (rel, name) not in UNTIL_STORE_HAS_ANN_PARAMS:
+            if not ok:
                 wrong.append(f"{rel}: {name}")
     assert wrong == []
 

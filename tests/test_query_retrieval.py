@@ -362,8 +362,8 @@ def test_a_new_versions_memory_index_reads_only_what_changed(tmp_path):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from freshindex.maintain import maintain
     from freshindex.query.memory_index import MemoryIndex
+    from freshindex.store.upkeep import maintain
     from freshindex.transforms.write import commit_changes
 
     cfg = copy_index("fake-hash", tmp_path)

@@ -12,7 +12,7 @@ import pytest
 from freshindex import store
 from freshindex.config import MaintenanceConfig, load_config
 from freshindex.errors import TableError
-from freshindex.maintain import checkpoint_tag, maintain, plan_retention
+from freshindex.store.upkeep import checkpoint_tag, maintain, plan_retention
 from freshindex.transforms.write import commit_changes
 from tests.test_maintain import doc_rows, new_table
 

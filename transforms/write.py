@@ -39,7 +39,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from freshindex import store
-from freshindex.config import MaintenanceConfig
+from freshindex.schemas.bookkeeping import RunRecord
+from freshindex.schemas.predicates import in_list
 from freshindex.schemas.records import KNOWN_BAD, EmbeddedDocument, ErrorRecord
 from freshindex.schemas.tables import chunks_schema
 from freshindex.transforms.plan import Owns, TableRef, may_write, namespace_conflict
@@ -70,7 +71,6 @@ class RunSpec:
     started_at: float
     max_failure_fraction: float
     commit_max_rows: int
-    maintenance: MaintenanceConfig | None = None  # upkeep after the commit; None: skip
     namespace: str | None = None  # the namespace the run writes; None: no ownership checks
     owns: Owns | None = None  # which stored source URIs the source's pattern can produce
     max_delete_fraction: float = 1.0  # refuse to delete more of the source's documents
@@ -205,7 +205,7 @@ def commit_changes(
     """One atomic commit: upsert ``data`` by chunk id; drop other chunks of ``replace_docs``
     and every chunk of ``delete_docs``. Returns the new version, or None if nothing to do."""
     clear = sorted(set(replace_docs) | set(delete_docs))
-    condition = f"doc_id IN ({store.sql_string_list(clear)})" if clear else None
+    condition = in_list("doc_id", clear).expr() if clear else None
     if data is None or data.num_rows == 0:
         if condition is None:
             return None
@@ -398,46 +398,33 @@ def commit_run(
         store.tag_version(table, tag, final_version)
     if status == SUCCEEDED:  # conflicts found under the lock count as failures too
         status = failure_status(spec, errors, docs_seen)
-    row = {
-        "run_id": spec.run_id,
-        "kind": spec.kind,
-        "table_name": spec.table.table,
-        "source": spec.source,
-        "settings": spec.settings,
-        "status": status,
-        "started_at": _ts(spec.started_at),
-        "finished_at": store.utcnow(),
-        "docs_seen": docs_seen,
-        "docs_skipped": docs_skipped,
-        "docs_added": len(result.docs_written - updated_set),
-        "docs_updated": len(result.docs_written & updated_set),
-        "docs_deleted": result.docs_deleted,
-        "docs_failed": len(_failed_ids(errors)),
-        "chunks_embedded": sum(b.embedded for b in staged),
-        "chunks_reused": sum(b.reused for b in staged),
-        "chunks_written": result.rows,
-        "table_version": final_version,
-        "tag": tag,
-        "docs_known_bad": sum(1 for e in errors if e.error_class == KNOWN_BAD),
-    }
+    record = RunRecord(
+        run_id=spec.run_id,
+        kind=spec.kind,
+        table_name=spec.table.table,
+        source=spec.source,
+        settings=spec.settings,
+        status=status,
+        started_at=_ts(spec.started_at),
+        finished_at=store.utcnow(),
+        docs_seen=docs_seen,
+        docs_skipped=docs_skipped,
+        docs_added=len(result.docs_written - updated_set),
+        docs_updated=len(result.docs_written & updated_set),
+        docs_deleted=result.docs_deleted,
+        docs_failed=len(_failed_ids(errors)),
+        chunks_embedded=sum(b.embedded for b in staged),
+        chunks_reused=sum(b.reused for b in staged),
+        chunks_written=result.rows,
+        table_version=final_version,
+        tag=tag,
+        docs_known_bad=sum(1 for e in errors if e.error_class == KNOWN_BAD),
+    )
     errors.extend(notices)
-    if spec.maintenance is not None and (result.rows or result.docs_deleted):
-        try:
-            from freshindex.maintain import maintain
-
-            report = maintain(spec.table.db_uri, spec.table.table, spec.maintenance)
-            log.info("%s", report.summary())
-        except Exception as exc:  # the data is committed; upkeep is retried next time
-            log.warning("table upkeep failed: %s", exc)
-            errors.append(
-                ErrorRecord.from_exception(
-                    "maintain", exc, doc_id=None, source_uri=spec.table.table
-                )
-            )
     store.append_errors(db, spec.run_id, spec.table.table, errors)
-    store.append_run(db, row)
+    store.append_run(db, record)
     remove_staging(spec.staging_uri)
-    return row
+    return record.to_dict()
 
 
 class _CommitFn(beam.DoFn):

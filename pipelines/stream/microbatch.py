@@ -120,7 +120,7 @@ class BatchIndexer:
 
     def __init__(self, run: StreamRun, *, kafka: KafkaOffsets | None = None, dead_letters=None):
         from freshindex.embedding import get_embedder
-        from freshindex.maintain import UpkeepSchedule
+        from freshindex.store.upkeep import UpkeepSchedule
 
         prepare_offline()
         self._run, self._cfg = run, run.cfg
@@ -371,7 +371,7 @@ class BatchIndexer:
         return stats
 
     def _run_upkeep(self) -> None:
-        from freshindex.maintain import maintain
+        from freshindex.store.upkeep import maintain
 
         try:
             report = maintain(self._cfg.db, self._cfg.table, self._cfg.maintenance)

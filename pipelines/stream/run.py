@@ -26,11 +26,13 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from freshindex import store
 from freshindex.config import Config
-from freshindex.pipelines.batch import configure_logging, current_version, new_run_id, run_settings
+from freshindex.pipelines.batch import configure_logging, run_settings
 from freshindex.pipelines.options import FreshIndexOptions, StreamOptions
 from freshindex.pipelines.stream.config import StreamConfig, StreamRun, stream_config_from_flags
 from freshindex.pipelines.stream.step import build_stream
 from freshindex.runtime import prepare_offline
+from freshindex.schemas.bookkeeping import new_run_id
+from freshindex.store import current_version
 from freshindex.transforms.kafka_io import (
     KafkaOffsets,
     PartitionStart,

@@ -1,0 +1,106 @@
+"""The storage floor: LanceDB access shared by every writer and reader.
+
+One module per concern; the names callers use are re-exported here, so
+``from freshindex import store; store.connect(uri)`` reads as before.
+
+* ``connection``: connect, table names, filesystems, the clock
+* ``lock``: the commit lock every writer of a table holds
+* ``chunks``: open or create a chunks table (model, width and schema version checked)
+* ``upgrade``: schema versions checked on open; the additive upgrade path
+* ``ledger``: what the table knows about each document; stored vectors by text hash
+* ``indexes``: scalar and full-text indexes
+* ``versions``: tags, version references, as-of reads
+* ``bookkeeping``: ``runs``, ``errors``, ``stream_batches``, ``ann_state``
+* ``staging``: the batch runs' staging folders
+* ``upkeep`` (with ``retention`` and ``ann``): table upkeep, imported on its own
+"""
+
+from freshindex.store.bookkeeping import (
+    ann_search_params,
+    append_errors,
+    append_records,
+    append_run,
+    append_stream_batch,
+    bookkeeping_table,
+    last_ann_state,
+    read_errors,
+    read_known_failures,
+    read_runs,
+    read_stream_batches,
+    read_stream_offsets,
+    record_ann_state,
+)
+from freshindex.store.chunks import (
+    check_model,
+    current_version,
+    open_chunks,
+    open_or_create_chunks,
+)
+from freshindex.store.connection import connect, filesystem, is_local, table_names, utcnow
+from freshindex.store.indexes import (
+    FTS_COLUMN,
+    FTS_REFRESH_FRACTION,
+    FTS_REFRESH_MIN_ROWS,
+    create_fts_index,
+    ensure_scalar_indexes,
+    fts_unindexed_rows,
+    refresh_fts_index,
+)
+from freshindex.store.ledger import LedgerEntry, ledger_of, lookup_vectors, read_ledger
+from freshindex.store.lock import commit_lock
+from freshindex.store.staging import remove_stale_staging, staging_dir, staging_root
+from freshindex.store.upgrade import (
+    UpgradeReport,
+    apply_upgrades,
+    check_schema_version,
+    upgrade_chunks,
+)
+from freshindex.store.versions import RUN_TAG_PREFIX, open_as_of, resolve_version, tag_version
+
+__all__ = [
+    "FTS_COLUMN",
+    "FTS_REFRESH_FRACTION",
+    "FTS_REFRESH_MIN_ROWS",
+    "RUN_TAG_PREFIX",
+    "LedgerEntry",
+    "UpgradeReport",
+    "ann_search_params",
+    "append_errors",
+    "append_records",
+    "append_run",
+    "append_stream_batch",
+    "apply_upgrades",
+    "bookkeeping_table",
+    "check_model",
+    "check_schema_version",
+    "commit_lock",
+    "connect",
+    "create_fts_index",
+    "current_version",
+    "ensure_scalar_indexes",
+    "filesystem",
+    "fts_unindexed_rows",
+    "is_local",
+    "last_ann_state",
+    "ledger_of",
+    "lookup_vectors",
+    "open_as_of",
+    "open_chunks",
+    "open_or_create_chunks",
+    "read_errors",
+    "read_known_failures",
+    "read_ledger",
+    "read_runs",
+    "read_stream_batches",
+    "read_stream_offsets",
+    "record_ann_state",
+    "refresh_fts_index",
+    "remove_stale_staging",
+    "resolve_version",
+    "staging_dir",
+    "staging_root",
+    "table_names",
+    "tag_version",
+    "upgrade_chunks",
+    "utcnow",
+]
