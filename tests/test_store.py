@@ -117,14 +117,6 @@ def test_ann_state_is_read_from_its_own_table_with_the_old_runs_settings_as_fall
     assert store.ann_search_params(db, "other") == {"nprobes": 20}
 
 
-def test_the_query_plane_reads_ann_state_from_the_storage_floor():
-    from tests.conftest import ROOT
-
-    source = (ROOT / "query" / "retrieval.py").read_text()
-    assert "freshindex.maintain" not in source
-    assert "from freshindex.store import ann_search_params" in source
-
-
 # ------------------------------------------------------------------ predicates
 
 NASTY = [
