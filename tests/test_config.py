@@ -65,3 +65,43 @@ def test_auto_precision_is_bfloat16_only_where_the_cpu_has_it(tmp_path):
     assert load_config(environ=env).embedding.dtype == "float32"
     with pytest.raises(ConfigError, match=r"embedding\.dtype must be one of"):
         load_config(environ={"FRESHINDEX_EMBEDDING_DTYPE": "fp16"})
+
+
+# Computed by the hand-written loader of earlier releases (before the settings model): the
+# same settings must hash the same, or every existing table would re-embed everything.
+PINNED_FINGERPRINTS = {
+    "defaults": ("4b3f21056e916382", "ca59d3e559a9e95c"),
+    "changed": ("f70629a28d7f51d4", "89f9054d5de95418"),
+}
+
+
+def test_fingerprints_of_the_same_settings_are_those_of_earlier_releases():
+    from freshindex.config import Config
+    from freshindex.transforms.parse import failure_fingerprint
+
+    changed = {"chunking.max_tokens": 128, "embedding.model": "x", "parsing.max_file_mb": 10}
+    for name, cfg in [
+        ("defaults", load_config(environ={})),
+        ("defaults", Config()),
+        ("changed", load_config(overrides=changed, environ={})),
+    ]:
+        assert (cfg.fingerprint(), failure_fingerprint(cfg)) == PINNED_FINGERPRINTS[name]
+
+
+def test_the_shipped_files_are_the_models_defaults():
+    """configs/*.yaml are rendered from the model (`freshindex config defaults [--query]`):
+    a default changed in the code and not in the file, or the reverse, fails here."""
+    from freshindex.config import CONFIGS_DIR, DEFAULT_CONFIG, Config, default_yaml
+    from freshindex.query.config import (
+        DEFAULT_QUERY_CONFIG,
+        QueryConfig,
+        default_query_yaml,
+        load_query_config,
+    )
+
+    assert DEFAULT_CONFIG.read_text(encoding="utf-8") == default_yaml()
+    assert DEFAULT_QUERY_CONFIG.read_text(encoding="utf-8") == default_query_yaml()
+    assert {p.name for p in CONFIGS_DIR.glob("*.yaml")} == {"default.yaml", "query.yaml"}
+    # and read back, each file is exactly the defaults
+    assert load_config(DEFAULT_CONFIG, environ={}) == Config()
+    assert load_query_config(DEFAULT_QUERY_CONFIG, environ={}) == QueryConfig()

@@ -1,6 +1,6 @@
-"""Property-based fuzzing of the config loader: any YAML file, override or environment that
-hypothesis builds gives a valid ``Config`` or a ``ConfigError``, never another exception,
-and quickly.
+"""Property-based fuzzing of the settings loaders: any YAML file, override or environment
+that hypothesis builds gives a valid ``Config`` (or ``QueryConfig``) or a ``ConfigError``,
+never another exception, and quickly.
 
 The inputs mix the real keys (so values of the wrong type, range or shape reach every
 section's validation) with arbitrary keys, values, nesting and raw bytes.
@@ -17,8 +17,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from freshindex.config import _SECTIONS, Config, load_config
+from freshindex.config import SECTIONS, Config, load_config
 from freshindex.errors import ConfigError
+from freshindex.query.config import QueryConfig, load_query_config
 
 # a generous bound: one load reads two small YAML files; a hang or a blow-up is the bug
 FUZZ = settings(
@@ -27,7 +28,9 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-SECTION_KEYS = {name: [f.name for f in dataclasses.fields(cls)] for name, cls in _SECTIONS.items()}
+SECTION_KEYS = {name: [f.name for f in dataclasses.fields(cls)] for name, cls in SECTIONS.items()}
+# the settings model's field types (freshindex.settings) -> the type an error names
+SCALAR_TYPES = {"Int": "int", "Float": "float", "Bool": "bool", "Str": "str"}
 DOTTED_KEYS = ["db", "table"] + [f"{s}.{k}" for s, keys in SECTION_KEYS.items() for k in keys]
 
 scalars = st.one_of(
@@ -97,9 +100,21 @@ overrides = st.dictionaries(
 )
 environs = st.dictionaries(
     st.sampled_from(
-        ["FRESHINDEX_DB", "FRESHINDEX_TABLE", "FRESHINDEX_EMBEDDING_DTYPE", "UNRELATED"]
+        [
+            "FRESHINDEX_DB",
+            "FRESHINDEX_TABLE",
+            "FRESHINDEX_EMBEDDING_DTYPE",
+            "FRESHINDEX_EMBEDDING__BATCH_SIZE",
+            "FRESHINDEX_CHUNKING__MAX_TOKENS",
+            "FRESHINDEX_INGEST__NAMESPACE",
+            "FRESHINDEX_STREAM__ALLOWED_URI_PREFIXES",
+            "FRESHINDEX_MAINTENANCE__NOPE",
+            "FRESHINDEX_CHUNKING",
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "UNRELATED",
+        ]
     ),
-    st.text(max_size=12),
+    st.one_of(st.text(max_size=12), st.sampled_from(["128", "[1, 2]", "{a: 1}", "true", "1e400"])),
     max_size=3,
 )
 
@@ -123,15 +138,15 @@ def assert_well_typed(cfg: Config) -> None:
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
             expected = {
-                "int": int,
-                "float": (int, float),
-                "bool": bool,
-                "str": str,
-                "str | None": (str, type(None)),
-                "list[str]": list,
+                "Int": int,
+                "Float": (int, float),
+                "Bool": bool,
+                "Str": str,
+                "Str | None": (str, type(None)),
+                "tuple[Str, ...]": tuple,
             }[f.type]
             assert isinstance(value, expected), (name, f.name, value)
-            assert not (isinstance(value, bool) and f.type != "bool"), (name, f.name, value)
+            assert not (isinstance(value, bool) and f.type != "Bool"), (name, f.name, value)
             if isinstance(value, float):
                 assert math.isfinite(value), (name, f.name, value)
 
@@ -151,22 +166,23 @@ def test_any_file_override_and_environment_gives_a_config_or_a_config_error(
 @FUZZ
 @given(section=st.sampled_from(list(SECTION_KEYS)), data=st.data())
 def test_a_wrong_type_names_the_key_and_the_expected_type(section, data):
-    cls = _SECTIONS[section]
-    scalar = [f for f in dataclasses.fields(cls) if f.type in ("int", "float", "bool", "str")]
+    cls = SECTIONS[section]
+    scalar = [f for f in dataclasses.fields(cls) if f.type in SCALAR_TYPES]
     if not scalar:
         return
     field = data.draw(st.sampled_from(scalar))
+    type_name = SCALAR_TYPES[field.type]
     wrong = {
         "int": st.one_of(st.text(max_size=5), st.floats(), st.booleans(), st.lists(st.integers())),
         "float": st.one_of(st.text(max_size=5), st.booleans(), st.just([1.0])),
         "bool": st.one_of(st.text(max_size=5), st.integers(), st.floats()),
         "str": st.one_of(st.integers(), st.floats(), st.booleans(), st.just(["x"])),
-    }[field.type]  # not None: a None override means "flag not given" and is ignored
+    }[type_name]  # not None: a None override means "flag not given" and is ignored
     value = data.draw(wrong)
     with pytest.raises(ConfigError) as info:
         load_config(overrides={f"{section}.{field.name}": value}, environ={})
     assert f"{section}.{field.name}" in str(info.value)
-    assert field.type in str(info.value)
+    assert f"must be {type_name}" in str(info.value)
 
 
 def test_the_fuzzer_reaches_valid_configs_too():
@@ -207,3 +223,47 @@ def test_an_override_below_a_scalar_and_an_unreadable_file_are_config_errors(tmp
     (tmp_path / "latin1.yaml").write_bytes(b"table: caf\xe9\n")
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(tmp_path / "latin1.yaml", environ={})
+
+
+QUERY_KEYS = [
+    "retrieval.k",
+    "retrieval.mode",
+    "retrieval.weights",
+    "context.max_tokens",
+    "extractive.min_support",
+    "gateway.cache",
+    "gateway.cache.ttl_hours",
+    "gateway.providers",
+    "gateway.providers.llm",
+    "gateway.providers.llm.api_key",
+    "gateway.providers.llm.capabilities",
+    "gateway.routes",
+    "gateway.default_route",
+    "gateway.prices",
+    "agent.trace_dir",
+    "api.api_key",
+    "api.port",
+]
+
+
+@FUZZ
+@given(
+    content=file_bytes,
+    overrides=st.dictionaries(st.sampled_from(QUERY_KEYS), values, max_size=3),
+    environ=st.dictionaries(
+        st.sampled_from(["FRESHINDEX_RETRIEVAL__K", "FRESHINDEX_LLM_BASE_URL", "X"]),
+        st.text(max_size=8),
+        max_size=2,
+    ),
+)
+def test_any_query_file_override_and_environment_gives_a_config_or_a_config_error(
+    tmp_path, content, overrides, environ
+):
+    path = tmp_path / "fuzz.yaml"
+    path.write_bytes(content)
+    try:
+        qcfg = load_query_config(path, overrides=overrides, environ=environ)
+    except ConfigError as exc:
+        assert str(exc) and "Traceback" not in str(exc)
+        return
+    assert isinstance(qcfg, QueryConfig)

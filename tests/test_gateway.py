@@ -30,7 +30,7 @@ def make_gateway(server, tmp_path, *, cache=False, extra=None, environ=None):
     overrides = {
         "gateway.providers.llm.base_url": server.base_url if server else "",
         "gateway.providers.llm.model": "stand-in-model",
-        "gateway.providers.llm.api_key_env": KEY_ENV,
+        "gateway.providers.llm.api_key": f"${{{KEY_ENV}}}",
         "gateway.timeout_s": 0.5,
         "gateway.max_attempts": 3,
         "gateway.backoff_s": 0.01,
