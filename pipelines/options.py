@@ -104,7 +104,7 @@ class StreamOptions(PipelineOptions):
             "--kafka_option",
             action="append",
             default=None,
-            help="KEY=VALUE kafka-python client setting (repeatable); VALUE env:NAME reads "
+            help="KEY=VALUE kafka-python client setting (repeatable); VALUE ${NAME} reads "
             "the environment variable NAME (for secrets)",
         )
         parser.add_argument("--kafka_expansion_service", default=None, help="xlang only")

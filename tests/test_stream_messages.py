@@ -243,7 +243,7 @@ def test_stream_config_defaults_environment_and_validation(fake_cfg, monkeypatch
         stream_config(fake_cfg, topics="a", client_options=["nonsense"])
     # secrets are named, and read from the environment when a client is made
     spec = stream_config(
-        fake_cfg, topics="a", client_options=["sasl_plain_password=env:KPASS", "retries=3"]
+        fake_cfg, topics="a", client_options=["sasl_plain_password=${KPASS}", "retries=3"]
     ).kafka
     assert "s3cret" not in repr(spec)
     monkeypatch.setenv("KPASS", "s3cret")
@@ -252,6 +252,9 @@ def test_stream_config_defaults_environment_and_validation(fake_cfg, monkeypatch
     monkeypatch.delenv("KPASS")
     with pytest.raises(ConfigError, match="KPASS"):
         spec.client_config()
+    # one syntax for environment references: the old env:NAME is refused where it is given
+    with pytest.raises(ConfigError, match=r"sasl_plain_password=\$\{KPASS\}"):
+        stream_config(fake_cfg, topics="a", client_options=["sasl_plain_password=env:KPASS"])
 
 
 def test_stream_options_coexist_with_beam_and_batch_flags():

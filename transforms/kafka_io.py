@@ -33,6 +33,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from freshindex.errors import ConfigError, SourceError
 from freshindex.schemas.messages import KafkaRecord, PollBatch
+from freshindex.settings import secret_reference
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,27 @@ def stop_requested() -> bool:
     return _STOP.is_set()
 
 
-def option_value(raw: str):
+def _reference(name: str, raw: str) -> str | None:
+    """The variable a value ``${NAME}`` names (the one syntax of environment references, as
+    in every setting); None for a plain value. The old ``env:NAME`` is refused."""
     if raw.startswith("env:"):
-        name = raw[4:]
-        if name not in os.environ:
-            raise ConfigError(f"environment variable {name} is not set", hint=f"export {name}")
-        raw = os.environ[name]
+        raise ConfigError(
+            f"Kafka option {name}: the env:NAME syntax is gone",
+            hint=f"write {name}=${{{raw[4:]}}}",
+        )
+    return secret_reference(f"kafka_option {name}", raw) if raw.startswith("${") else None
+
+
+def option_value(name: str, raw: str):
+    """A client setting's value; a ``${NAME}`` reference is read from the environment here,
+    in the worker, so the secret never travels inside the pipeline."""
+    variable = _reference(name, raw)
+    if variable is not None:
+        if variable not in os.environ:
+            raise ConfigError(
+                f"environment variable {variable} is not set", hint=f"export {variable}"
+            )
+        raw = os.environ[variable]
     if raw.lower() in ("true", "false"):
         return raw.lower() == "true"
     return int(raw) if raw.lstrip("-").isdigit() else raw
@@ -74,7 +90,7 @@ class KafkaSpec:
     """Where and how to read: brokers, topics, consumer group and client settings.
 
     ``client_options`` are kafka-python settings as (name, value) strings; a value
-    ``env:NAME`` is read from the environment when a client is created, in the worker,
+    ``${NAME}`` is read from the environment when a client is created, in the worker,
     so secrets never travel inside the pipeline.
     """
 
@@ -98,7 +114,7 @@ class KafkaSpec:
 
     def client_config(self) -> dict:
         config = {"bootstrap_servers": self.bootstrap_servers.split(",")}
-        config.update({k: option_value(v) for k, v in self.client_options})
+        config.update({k: option_value(k, v) for k, v in self.client_options})
         return config
 
 
@@ -109,6 +125,7 @@ def parse_client_options(pairs: Iterable[str] | None) -> tuple[tuple[str, str], 
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
             raise ConfigError(f"Kafka option {pair!r} is not KEY=VALUE")
+        _reference(name.strip(), value.strip())  # refused here, where it was given
         out.append((name.strip(), value.strip()))
     return tuple(out)
 

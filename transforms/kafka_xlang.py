@@ -39,7 +39,7 @@ def xlang_consumer_config(spec: KafkaSpec) -> dict[str, str]:
         "auto.offset.reset": spec.start_offset,
         "enable.auto.commit": "false",
     }
-    config.update({k.replace("_", "."): str(option_value(v)) for k, v in spec.client_options})
+    config.update({k.replace("_", "."): str(option_value(k, v)) for k, v in spec.client_options})
     return config
 
 

@@ -9,12 +9,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from freshindex.config import Config, check_namespace, normalize_uri_prefix
+from freshindex.config import Config, StreamingConfig, check_namespace, normalize_uri_prefix
 from freshindex.errors import ConfigError
-from freshindex.schemas.messages import DEFAULT_MAX_MESSAGE_BYTES
 from freshindex.transforms.kafka_io import KafkaSpec, PartitionStart, parse_client_options
 
-DEFAULT_BOOTSTRAP = "localhost:9092"
+DEFAULT_BOOTSTRAP = StreamingConfig().bootstrap_servers  # for commands without a config
 
 
 @dataclass(frozen=True)
@@ -22,20 +21,18 @@ class StreamConfig:
     """How the stream reads and batches; the table, model and chunking are in ``Config``."""
 
     kafka: KafkaSpec
-    # A micro-batch closes this long after its first message, or at max_batch_messages.
-    # Short, for freshness: when the stream falls behind, batches grow on their own.
-    batch_interval_s: float = 0.5
-    max_batch_messages: int = 500
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # from the config's stream: section (defaults in freshindex.config.StreamingConfig)
+    batch_interval_s: float
+    max_batch_messages: int
+    max_message_bytes: int
+    dead_letter_topic: str | None
+    allow_uri_messages: bool
+    allowed_uri_prefixes: tuple[str, ...]
+    # the run's own, from flags
     stop_at_end: bool = False  # index what the topics hold at start, then stop
     duration_s: float | None = None  # stop after this long
-    dead_letter_topic: str | None = None
     reader: str = "python"  # python: kafka-python SDF; xlang: Beam's Java ReadFromKafka
     expansion_service: str | None = None
-    # uri messages: off by default; when on, only files under these prefixes are read
-    # (``stream:`` in the config file; normalized like ``freshindex.config.StreamingConfig``)
-    allow_uri_messages: bool = False
-    allowed_uri_prefixes: tuple[str, ...] = ()
     # who owns the documents the stream writes; None: kafka:<topic> per message. Only a
     # namespace shared with a batch source lets the stream replace or delete its documents.
     namespace: str | None = None
@@ -82,27 +79,35 @@ def stream_config(
     environ: dict[str, str] | None = None,
     **settings: Any,
 ) -> StreamConfig:
-    """A validated StreamConfig: arguments, then KAFKA_BOOTSTRAP_SERVERS, then defaults.
-    The consumer group defaults to ``freshindex-<table>``; ``settings`` are StreamConfig
-    fields (None values are ignored, so unset flags keep the defaults; the uri settings
-    default to the config's ``stream:`` section)."""
+    """A validated StreamConfig: arguments (flags), then the config's ``stream:`` section
+    (itself defaults < file < environment, e.g. KAFKA_BOOTSTRAP_SERVERS). ``settings`` are
+    StreamConfig fields (None values are ignored, so unset flags keep the section's values)."""
     env = os.environ if environ is None else environ
+    section = cfg.stream
     if isinstance(topics, str):
         topics = [topics]
     topics = [t.strip() for value in topics for t in value.split(",")]
     kafka = KafkaSpec(
         bootstrap_servers=bootstrap_servers
         or env.get("KAFKA_BOOTSTRAP_SERVERS")
-        or DEFAULT_BOOTSTRAP,
+        or section.bootstrap_servers,
         topics=tuple(t for t in topics if t),
-        group_id=group_id or f"freshindex-{cfg.table}",
-        start_offset=start_offset or "earliest",
+        group_id=group_id or section.group_id_for(cfg.table),
+        start_offset=start_offset or section.start_offset,
         client_options=parse_client_options(client_options),
     )
     settings = {k: v for k, v in settings.items() if v is not None}
-    settings.setdefault("allow_uri_messages", cfg.stream.allow_uri_messages)
-    settings.setdefault("allowed_uri_prefixes", tuple(cfg.stream.allowed_uri_prefixes))
-    settings["allowed_uri_prefixes"] = tuple(settings["allowed_uri_prefixes"])
+    for name in (
+        "batch_interval_s",
+        "max_batch_messages",
+        "max_message_bytes",
+        "dead_letter_topic",
+        "allow_uri_messages",
+    ):
+        settings.setdefault(name, getattr(section, name))
+    settings["allowed_uri_prefixes"] = tuple(
+        settings.get("allowed_uri_prefixes") or section.allowed_uri_prefixes
+    )
     return StreamConfig(kafka=kafka, **settings)
 
 
