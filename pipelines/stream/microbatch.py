@@ -35,6 +35,7 @@ from freshindex.pipelines.stream.config import StreamRun
 from freshindex.pipelines.stream.messages import message_source
 from freshindex.pipelines.stream.offsets import Progress, initial_progress
 from freshindex.runtime import prepare_offline
+from freshindex.schemas.bookkeeping import StreamBatchRecord
 from freshindex.schemas.messages import (
     DELETE,
     DocumentMessage,
@@ -299,20 +300,18 @@ class BatchIndexer:
 
     def record_batch(self, stats: BatchStats, progress: Progress, committed_at: dt.datetime):
         """3a. The batch's offsets, recorded in the table's ledger beside its commit."""
-        store.append_stream_batch(
-            self._db,
-            {
-                **dataclasses.asdict(stats),
-                "run_id": self._run.run_id,
-                "table_name": self._cfg.table,
-                "group_id": self._run.group_id,
-                "committed_at": committed_at,
-                "offsets": [
-                    {"topic": t, "partition": p, "next_offset": o}
-                    for (t, p), o in sorted(progress.positions.items())
-                ],
-            },
+        record = StreamBatchRecord(
+            **dataclasses.asdict(stats),
+            run_id=self._run.run_id,
+            table_name=self._cfg.table,
+            group_id=self._run.group_id,
+            committed_at=committed_at,
+            offsets=[
+                {"topic": t, "partition": p, "next_offset": o}
+                for (t, p), o in sorted(progress.positions.items())
+            ],
         )
+        store.append_stream_batch(self._db, record)
 
     def commit_offsets(self, progress: Progress, version: int | None) -> None:
         """3b. The offsets committed to Kafka, after the table holds them."""

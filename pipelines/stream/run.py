@@ -31,7 +31,7 @@ from freshindex.pipelines.options import FreshIndexOptions, StreamOptions
 from freshindex.pipelines.stream.config import StreamConfig, StreamRun, stream_config_from_flags
 from freshindex.pipelines.stream.step import build_stream
 from freshindex.runtime import prepare_offline
-from freshindex.schemas.bookkeeping import new_run_id
+from freshindex.schemas.bookkeeping import RunRecord, new_run_id
 from freshindex.store import current_version
 from freshindex.transforms.kafka_io import (
     KafkaOffsets,
@@ -63,7 +63,7 @@ def _pipeline_options(beam_args: Sequence[str] | None) -> tuple[PipelineOptions,
     return options, None
 
 
-def _summary_row(run: StreamRun, status: str, table_version, tag) -> dict[str, Any]:
+def _summary_row(run: StreamRun, status: str, table_version, tag) -> RunRecord:
     cfg = run.cfg
     batches = store.read_stream_batches(store.connect(cfg.db), run_id=run.run_id)
     total = {
@@ -95,27 +95,27 @@ def _summary_row(run: StreamRun, status: str, table_version, tag) -> dict[str, A
         },
         "offsets": batches[-1]["offsets"] if batches else [],
     }
-    return {
-        "run_id": run.run_id,
-        "kind": "stream",
-        "table_name": cfg.table,
-        "source": "kafka://" + ",".join(run.stream.kafka.topics),
-        "settings": settings,
-        "status": status,
-        "started_at": dt.datetime.fromtimestamp(run.started_at, dt.UTC),
-        "finished_at": store.utcnow(),
-        "docs_seen": total["messages"],
-        "docs_skipped": total["docs_skipped"],
-        "docs_added": total["docs_added"],
-        "docs_updated": total["docs_updated"],
-        "docs_deleted": total["docs_deleted"],
-        "docs_failed": total["docs_failed"],
-        "chunks_embedded": total["chunks_embedded"],
-        "chunks_reused": total["chunks_reused"],
-        "chunks_written": total["chunks_written"],
-        "table_version": table_version,
-        "tag": tag,
-    }
+    return RunRecord(
+        run_id=run.run_id,
+        kind="stream",
+        table_name=cfg.table,
+        source="kafka://" + ",".join(run.stream.kafka.topics),
+        settings=settings,
+        status=status,
+        started_at=dt.datetime.fromtimestamp(run.started_at, dt.UTC),
+        finished_at=store.utcnow(),
+        docs_seen=total["messages"],
+        docs_skipped=total["docs_skipped"],
+        docs_added=total["docs_added"],
+        docs_updated=total["docs_updated"],
+        docs_deleted=total["docs_deleted"],
+        docs_failed=total["docs_failed"],
+        chunks_embedded=total["chunks_embedded"],
+        chunks_reused=total["chunks_reused"],
+        chunks_written=total["chunks_written"],
+        table_version=table_version,
+        tag=tag,
+    )
 
 
 def finish_run(run: StreamRun, status: str) -> dict[str, Any]:
@@ -137,9 +137,9 @@ def finish_run(run: StreamRun, status: str) -> dict[str, Any]:
                 log.warning("tagging version %s failed (%s); tagging the latest", version, exc)
                 version = table.version
                 store.tag_version(table, tag, version)
-    row = _summary_row(run, status, version, tag)
-    store.append_run(db, row)
-    return row
+    record = _summary_row(run, status, version, tag)
+    store.append_run(db, record)
+    return record.to_row()
 
 
 def format_stream_summary(row: dict[str, Any]) -> str:
