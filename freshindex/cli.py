@@ -29,7 +29,7 @@ from freshindex.schemas.bookkeeping import RunRecord, new_run_id
 
 # Modules that contribute subcommands through ``register_cli(subparsers)``.
 PLUGIN_MODULES = (
-    "freshindex.pipelines.stream_cli",
+    "freshindex.commands.stream",
     "freshindex.commands.query",
     "freshindex.maintain",
     "freshindex.evaluation",

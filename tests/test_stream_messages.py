@@ -296,7 +296,7 @@ def test_xlang_reader_is_configured_but_needs_an_expansion_service(fake_cfg):
 
 def test_publish_builds_messages_from_files_jsonl_and_deletes(corpus, tmp_path):
     from freshindex.cli import build_parser
-    from freshindex.pipelines.stream_cli import messages_for
+    from freshindex.commands.stream import messages_for
 
     parser = build_parser()
     args = parser.parse_args(["publish", str(corpus), "--topic", "t", "--delete", "old.md"])
