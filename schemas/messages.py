@@ -45,6 +45,7 @@ from typing import Any
 import pyarrow as pa
 
 from freshindex.errors import DocumentError
+from freshindex.schemas.records import check_metadata
 from freshindex.schemas.tables import META_PREFIX, SCHEMA_VERSION
 
 MESSAGE_SCHEMA_VERSION = 1
@@ -64,10 +65,6 @@ _FIELDS = frozenset(
 )
 MAX_KEY_CHARS = 1024
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-# metadata is stored beside every chunk and returned with every hit: bounded, so one
-# message cannot make every search that returns its document slow or failing
-MAX_METADATA_DEPTH = 8  # the metadata object itself is level 1
-MAX_METADATA_BYTES = 16 * 1024  # as compact UTF-8 JSON
 # updated_at: from 1970-01-01 to 9999-12-31 (what a UTC datetime can hold), epoch seconds
 MIN_EPOCH_S = 0.0
 MAX_EPOCH_S = 253_402_300_799.0
@@ -180,44 +177,18 @@ def _epoch(value: Any, doc_id: str) -> float | None:
     )
 
 
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether JSON ``value`` nests deeper than ``limit`` levels; iterative, stops at the limit."""
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children = (
-            node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        )
-        for child in children:
-            if isinstance(child, dict | list):
-                if depth + 1 > limit:
-                    return True
-                stack.append((child, depth + 1))
-    return False
-
-
 def _metadata(value: Any, doc_id: str) -> dict[str, Any]:
     metadata = value or {}
     if not isinstance(metadata, dict):
         raise InvalidMessage("'metadata' must be a JSON object", doc_id=doc_id)
-    if _depth_exceeds(metadata, MAX_METADATA_DEPTH):
-        raise InvalidMessage(
-            f"'metadata' nests deeper than {MAX_METADATA_DEPTH} levels",
-            doc_id=doc_id,
-            hint="flatten it: metadata is for filters, not for documents",
-        )
     try:
-        size = len(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")).encode())
-    except UnicodeEncodeError as exc:
+        check_metadata(metadata)
+    except ValueError as exc:
         raise InvalidMessage(
-            f"'metadata' is not valid Unicode: {exc.reason}", doc_id=doc_id
-        ) from exc
-    if size > MAX_METADATA_BYTES:
-        raise InvalidMessage(
-            f"'metadata' is {size:,} bytes of JSON, over the limit of {MAX_METADATA_BYTES:,}",
+            str(exc),
             doc_id=doc_id,
-            hint="keep metadata to a few filterable fields; put the content in 'text'",
-        )
+            hint="keep metadata to a few flat, filterable fields; put the content in 'text'",
+        ) from None
     return metadata
 
 

@@ -17,7 +17,7 @@ from typing import Any
 # must not be able to make it deep enough to break a JSON encoder or large enough to bloat
 # the table.
 MAX_METADATA_DEPTH = 8  # nested objects/arrays, the metadata object itself counting as 1
-MAX_METADATA_BYTES = 16 * 1024  # its JSON encoding (UTF-8)
+MAX_METADATA_BYTES = 16 * 1024  # its compact JSON encoding (UTF-8)
 
 # error_class of the errors row a batch run records for a document it did not parse because
 # the same bytes failed permanently under the same settings before (``--retry-failed``).
@@ -32,7 +32,8 @@ def sha256_hex(data: bytes | str) -> str:
 
 def check_metadata(obj: Any) -> None:
     """Raise ValueError when ``obj`` nests deeper than MAX_METADATA_DEPTH or encodes to more
-    than MAX_METADATA_BYTES of JSON. Iterative, so no input can exhaust the stack.
+    than MAX_METADATA_BYTES of compact JSON. Iterative, so no input can exhaust the stack.
+    The one check of source metadata: JSONL records and Kafka messages alike.
 
     >>> check_metadata({"team": "search", "tags": ["a", "b"]})
     """
@@ -45,11 +46,14 @@ def check_metadata(obj: Any) -> None:
             children = node.values() if isinstance(node, dict) else node
             stack.extend((child, depth + 1) for child in children)
     try:
-        size = len(json.dumps(obj, ensure_ascii=False, default=str).encode("utf-8"))
+        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"metadata is not valid Unicode: {exc.reason}") from None
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata is not JSON-encodable: {exc}") from None
     if size > MAX_METADATA_BYTES:
-        raise ValueError(f"metadata is {size} bytes of JSON, over {MAX_METADATA_BYTES}")
+        raise ValueError(f"metadata is {size:,} bytes of JSON, over {MAX_METADATA_BYTES:,}")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,9 @@ recorded with each commit (``stream_batches``).
 
     python scripts/bench_stream.py [--corpus ../shared/data/scifact/corpus.jsonl]
         [--windows 3 --seconds 20] [--out .bench/stream.json] [--markdown FILE]
+
+Why one script of ~450 lines: the broker, the producer at a fixed rate, the stream process
+and the report must be started, timed and stopped together to measure freshness.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 Covered: incremental re-runs, edits, deletes, bad input, versions/rollback, JSONL
 corpora, crashes mid-run, and 1 vs 2 worker processes.
+
+Why one file of ~410 lines: the end-to-end behaviours of one pipeline, each a short test
+over the same corpus fixtures.
 """
 
 from __future__ import annotations

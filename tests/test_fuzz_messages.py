@@ -18,8 +18,6 @@ from hypothesis import strategies as st
 from freshindex.schemas.messages import (
     DELETE,
     MAX_EPOCH_S,
-    MAX_METADATA_BYTES,
-    MAX_METADATA_DEPTH,
     MIN_EPOCH_S,
     UPSERT,
     DocumentMessage,
@@ -27,6 +25,7 @@ from freshindex.schemas.messages import (
     KafkaRecord,
     decode_message,
 )
+from freshindex.schemas.records import MAX_METADATA_BYTES, MAX_METADATA_DEPTH
 
 # a liveness bound per example (a hang or a quadratic blow-up is the bug), not a benchmark
 FUZZ = settings(

@@ -3,6 +3,9 @@
 Covered: each mode finds the expected document; hits carry text, ids, source, score and
 version; structured filters, including injection attempts, on both vector engines; as_of
 reads an older version after a re-index; FTS sees rows written after its index was built.
+
+Why one file of ~410 lines: the cases share one fixture index (built once per process)
+and compare the engines and modes on it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
 """Micro-batches applied to a real LanceDB without a broker (``BatchIndexer`` driven directly),
 with the FAKE embedder: one commit per batch, errors as data, offsets recorded with the
-commit, idempotent replays, and agreement with the batch pipeline."""
+commit, idempotent replays, and agreement with the batch pipeline.
+
+Why one file of ~550 lines: every case drives the same BatchIndexer fixture against the
+same in-memory topic; split, each file would repeat that harness.
+"""
 
 from __future__ import annotations
 
