@@ -53,7 +53,9 @@ def check_metadata(obj: Any) -> None:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata is not JSON-encodable: {exc}") from None
     if size > MAX_METADATA_BYTES:
-        raise ValueError(f"metadata is {size:,} bytes of JSON, over {MAX_METADATA_BYTES:,}")
+        raise ValueError(
+            f"metadata is {size:,} bytes of JSON, over the limit of {MAX_METADATA_BYTES:,}"
+        )
 
 
 @dataclass(frozen=True)

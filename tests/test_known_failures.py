@@ -145,7 +145,7 @@ def test_metadata_caps_on_depth_and_size():
         check_metadata(nested(MAX_METADATA_DEPTH + 1))
     with pytest.raises(ValueError, match="deeper than 8"):
         check_metadata({"list": [[[[[[[[1]]]]]]]]})
-    with pytest.raises(ValueError, match="over 16,384"):
+    with pytest.raises(ValueError, match="over the limit of 16,384"):
         check_metadata({"blob": "x" * MAX_METADATA_BYTES})
     with pytest.raises(ValueError, match="deeper"):
         check_metadata(nested(100_000))  # no RecursionError
