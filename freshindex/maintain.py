@@ -11,16 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-# The engine's names, for callers written before it moved (the stream imports ``maintain``
-# and ``UpkeepSchedule`` from here until it imports freshindex.store.upkeep).
-from freshindex.store.upkeep import (  # noqa: F401
-    MaintenanceReport,
-    UpkeepSchedule,
-    ann_search_params,
-    checkpoint_tag,
-    maintain,
-    plan_retention,
-)
+from freshindex.store.upkeep import maintain
 
 
 def cmd_maintain(args, _extra) -> int:
