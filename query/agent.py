@@ -19,6 +19,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,32 @@ class Agent:
             result = replace(result, trace_path=self._store(result))
         return result
 
+    def _model_step(
+        self,
+        request: ChatRequest,
+        ledger: Ledger,
+        trace: list[TraceStep],
+        step: int,
+        arguments: dict[str, Any],
+        size_of: Callable[[ChatResponse], int],
+    ) -> ChatResponse:
+        """One model call of the run, recorded in ``trace`` as a ``model`` step."""
+        started = time.perf_counter()
+        response = self.gateway.complete(request, ledger=ledger, deadline=self._deadline)
+        trace.append(
+            TraceStep(
+                step,
+                "model",
+                None,
+                arguments,
+                size_of(response) or 1,
+                (time.perf_counter() - started) * 1000,
+                model_call=_model_call(response),
+                summary=(response.text or "")[:200],
+            )
+        )
+        return response
+
     # ---- tool-calling loop
 
     def _tool_loop(self, question, pinned, box, max_steps, ledger, trace) -> AgentResult:
@@ -167,19 +194,8 @@ class Agent:
         messages: list[Message] = [Message("system", system), Message("user", question)]
         for step in range(1, max_steps + 1):
             request = ChatRequest(tuple(messages), task="agent", tools=TOOLS, question=question)
-            started = time.perf_counter()
-            response = self.gateway.complete(request, ledger=ledger, deadline=self._deadline)
-            trace.append(
-                TraceStep(
-                    step,
-                    "model",
-                    None,
-                    {},
-                    len(response.tool_calls) or 1,
-                    (time.perf_counter() - started) * 1000,
-                    model_call=_model_call(response),
-                    summary=(response.text or "")[:200],
-                )
+            response = self._model_step(
+                request, ledger, trace, step, {}, lambda r: len(r.tool_calls)
             )
             if not response.tool_calls:
                 answer = response.text.strip()
@@ -301,19 +317,9 @@ class Agent:
                 self.qcfg.context.prompts_path, "answer", question=part, context=context
             )
             request = ChatRequest(messages, task="answer", question=part, context=used)
-            started = time.perf_counter()
-            response = self.gateway.complete(request, ledger=ledger, deadline=self._deadline)
-            trace.append(
-                TraceStep(
-                    step,
-                    "model",
-                    None,
-                    {"question": part, "passages": len(used)},
-                    len(response.citations) or 1,
-                    (time.perf_counter() - started) * 1000,
-                    model_call=_model_call(response),
-                    summary=response.text[:200],
-                )
+            arguments = {"question": part, "passages": len(used)}
+            response = self._model_step(
+                request, ledger, trace, step, arguments, lambda r: len(r.citations)
             )
             answered = response.answered
             text = _renumber(response.text, used, order) if answered else response.text

@@ -4,8 +4,8 @@ HTTP API): the model's defaults < a user file (``--query-config`` or
 
 Every default is written here, once; ``configs/query.yaml`` is rendered from this module
 (``freshindex config defaults --query``). Loading, type checks and error messages are
-``freshindex.settings``, shared with the pipelines' ``Config``. Longer than most modules
-because each setting's documentation lives beside it (it becomes the file's comments).
+``freshindex.settings``, shared with the pipelines' ``Config``. Why longer than most
+modules: each setting's documentation lives beside it (it becomes the file's comments).
 
 Example::
 
@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from freshindex.config import CONFIGS_DIR
 from freshindex.errors import ConfigError
@@ -30,8 +30,8 @@ from freshindex.settings import (
     Int,
     Loaded,
     Str,
-    construction_args,
     expand_env,  # noqa: F401  (re-exported: earlier releases defined it here)
+    file_form_validator,
     load_layers,
     render_defaults,
     secret_reference,
@@ -164,12 +164,8 @@ class ProviderConfig:
     max_context_tokens: Int = 128_000
     headers: dict[Str, Str] = Field(default_factory=dict)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _from_file(cls, data: Any) -> Any:
-        raw = construction_args(data)
-        if raw is None:
-            return data
+    @file_form_validator
+    def _from_file(raw: dict[str, Any]) -> dict[str, Any]:
         where = f"gateway.providers.{raw.get('name')}"
         _refuse_old_key_syntax(where, raw)
         if "api_key" in raw:
@@ -353,12 +349,8 @@ class GatewayConfig:
         }
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _from_file(cls, data: Any) -> Any:
-        raw = construction_args(data)
-        if raw is None:
-            return data
+    @file_form_validator
+    def _from_file(raw: dict[str, Any]) -> dict[str, Any]:
         cache = raw.pop("cache", None)
         cache = {} if cache is None else cache
         if not isinstance(cache, dict) or set(cache) - set(_CACHE_KEYS):
@@ -461,12 +453,8 @@ class ApiConfig:
         False, description="true: hits carry source_uri (server paths, bucket URLs)"
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _from_file(cls, data: Any) -> Any:
-        raw = construction_args(data)
-        if raw is None:
-            return data
+    @file_form_validator
+    def _from_file(raw: dict[str, Any]) -> dict[str, Any]:
         _refuse_old_key_syntax("api", raw)
         if "api_key" in raw:
             raw["api_key_env"] = secret_reference("api.api_key", raw.pop("api_key"))

@@ -89,27 +89,6 @@ TOOLS = (
 
 # ---------------------------------------------------------------- arithmetic
 
-_BINARY = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
-}
-_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
-_FUNCTIONS: dict[str, Callable[..., float]] = {
-    "abs": abs,
-    "round": round,
-    "min": min,
-    "max": max,
-    "sqrt": math.sqrt,
-    "log": math.log,
-    "exp": math.exp,
-}
-
-
 MAX_MAGNITUDE = 1e100  # every operand and every intermediate result stays within this
 MAX_EXPONENT = 64
 MAX_ROUND_DIGITS = 15

@@ -50,7 +50,8 @@ from freshindex.schemas.tables import META_PREFIX, SCHEMA_VERSION
 
 MESSAGE_SCHEMA_VERSION = 1
 UPSERT, DELETE = "upsert", "delete"
-_FIELDS = frozenset(
+# The keys a message value may carry; any other is refused (extra data goes in metadata).
+MESSAGE_FIELDS = frozenset(
     {
         "schema_version",
         "doc_id",
@@ -247,12 +248,12 @@ def decode_message(
     body = _json_object(record.value, doc_id)
     if not isinstance(body, dict):
         raise InvalidMessage("the value must be a JSON object (or null)", doc_id=doc_id)
-    unknown = set(body) - _FIELDS
+    unknown = set(body) - MESSAGE_FIELDS
     if unknown:
         raise InvalidMessage(
             f"unknown fields {sorted(unknown)}",
             doc_id=doc_id,
-            hint=f"known fields: {sorted(_FIELDS)}; put extra data in 'metadata'",
+            hint=f"known fields: {sorted(MESSAGE_FIELDS)}; put extra data in 'metadata'",
         )
     version = body.get("schema_version", MESSAGE_SCHEMA_VERSION)
     if type(version) is not int or version != MESSAGE_SCHEMA_VERSION:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from freshindex.schemas.messages import (
     DELETE,
     MAX_EPOCH_S,
+    MESSAGE_FIELDS,
     MIN_EPOCH_S,
     UPSERT,
     DocumentMessage,
@@ -34,17 +35,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     database=None,
 )
-FIELDS = [
-    "schema_version",
-    "doc_id",
-    "op",
-    "text",
-    "uri",
-    "content_type",
-    "title",
-    "metadata",
-    "updated_at",
-]
+FIELDS = sorted(MESSAGE_FIELDS)
 
 scalars = (
     st.none()

@@ -16,6 +16,7 @@ ALLOWED = (
     "freshindex.schemas",
     "freshindex.errors",
     "freshindex.config",
+    "freshindex.settings",
     "freshindex.runtime",
     "freshindex.store",
     "freshindex.embedding",

@@ -73,7 +73,9 @@ def cmd_search(args, _beam_args) -> int:
     return 0
 
 
-def _citation_lines(citations) -> None:
+def _sources(citations) -> None:
+    if citations:
+        print("\nsources:")
     for c in citations:
         quote = f'  "{textwrap.shorten(c.quote, 120)}"' if c.quote else ""
         print(f"  [{c.marker}] {c.doc_id}#{c.chunk_id[:12]}{quote}")
@@ -95,9 +97,7 @@ def cmd_ask(args, _beam_args) -> int:
         _dump(answer.to_dict())
     else:
         print(answer.text)
-        if answer.citations:
-            print("\nsources:")
-            _citation_lines(answer.citations)
+        _sources(answer.citations)
         cached = ", cached" if answer.cached else ""
         print(f"\n({answer.provider}/{answer.model}{cached}; table version {answer.table_version})")
     print(format_summary(answer.accounting), file=sys.stderr)
@@ -121,9 +121,7 @@ def cmd_agent(args, _beam_args) -> int:
         _dump(result.to_dict())
     else:
         print(result.answer)
-        if result.citations:
-            print("\nsources:")
-            _citation_lines(result.citations)
+        _sources(result.citations)
         print(
             f"\ntrace ({result.planner} planner, {result.steps} steps, stopped: {result.stopped}, "
             f"table version {result.table_version}):"

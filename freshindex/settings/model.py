@@ -17,7 +17,15 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, PlainValidator, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    ConfigDict,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_core import ArgsKwargs, PydanticCustomError
 
@@ -74,6 +82,25 @@ def construction_args(data: Any) -> dict[str, Any] | None:
     """The mapping a before-validator reshapes, or None when the section is built from
     keyword arguments (in code), which already use the attribute names."""
     return dict(data) if isinstance(data, Mapping) and not isinstance(data, ArgsKwargs) else None
+
+
+def file_form_validator(reshape: Callable[[dict[str, Any]], dict[str, Any]]) -> Any:
+    """A section's before-validator: ``reshape`` turns a copy of the file form (a mapping) into
+    the attribute names; a construction from keyword arguments passes untouched.
+
+    Example::
+
+        @file_form_validator
+        def _from_file(raw):
+            raw["api_key_env"] = secret_reference("api.api_key", raw.pop("api_key", None))
+            return raw
+    """
+
+    def validate(cls: type, data: Any) -> Any:
+        raw = construction_args(data)
+        return data if raw is None else reshape(raw)
+
+    return model_validator(mode="before")(classmethod(validate))
 
 
 # ------------------------------------------------------------------ environment references
