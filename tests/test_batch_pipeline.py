@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from freshindex import store
@@ -255,6 +256,7 @@ def many_docs(n: int) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_crash_between_commits_then_rerun_equals_one_clean_run(fake_cfg, tmp_path):
     corpus = write_corpus(tmp_path / "big", many_docs(40))
     clean_cfg = dataclasses.replace(fake_cfg, db=str(tmp_path / "clean"))
@@ -270,6 +272,7 @@ def test_crash_between_commits_then_rerun_equals_one_clean_run(fake_cfg, tmp_pat
     assert content(table_rows(fake_cfg.db)) == content(table_rows(clean_cfg.db))
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_equals_one_clean_run(fake_cfg, tmp_path):
     corpus = write_corpus(tmp_path / "big", many_docs(60))
     clean_cfg = dataclasses.replace(fake_cfg, db=str(tmp_path / "clean"))
@@ -307,6 +310,7 @@ def test_sigkill_mid_run_then_rerun_equals_one_clean_run(fake_cfg, tmp_path):
     assert content(table_rows(fake_cfg.db)) == content(table_rows(clean_cfg.db))
 
 
+@pytest.mark.slow
 def test_one_and_two_worker_processes_give_identical_chunk_sets(fake_cfg, tmp_path):
     corpus = write_corpus(tmp_path / "big", many_docs(30))
     one = dataclasses.replace(fake_cfg, db=str(tmp_path / "one"))
@@ -384,6 +388,7 @@ def test_known_bad_files_are_skipped_until_their_bytes_or_the_settings_change(fa
     assert ingest(looser, corpus, max_failure_fraction=0.9)["docs_known_bad"] == 0
 
 
+@pytest.mark.slow
 def test_retry_failed_flag_of_the_cli_and_of_the_batch_module(fake_cfg, corpus, tmp_path):
     add_known_bad_files(corpus)
     ingest(fake_cfg, corpus, max_failure_fraction=0.9)

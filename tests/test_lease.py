@@ -77,6 +77,7 @@ def _increment(bucket: str, times: int, queue) -> None:
     queue.put(tokens)
 
 
+@pytest.mark.slow
 def test_writers_in_three_processes_never_hold_it_at_once(s3_bucket):
     boto3.client("s3").put_object(Bucket=s3_bucket, Key="counter", Body=b"0")
     ctx = multiprocessing.get_context("spawn")

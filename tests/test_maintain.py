@@ -97,6 +97,7 @@ def test_upkeep_schedule_fires_every_k_commits_or_t_minutes():
     assert sched.committed() is True
 
 
+@pytest.mark.slow
 def test_after_300_small_commits_maintain_compacts_and_prunes_but_keeps_results(tmp_path):
     db_uri = str(tmp_path / "db")
     table = new_table(db_uri)
@@ -131,6 +132,7 @@ def test_after_300_small_commits_maintain_compacts_and_prunes_but_keeps_results(
     assert snapshot(pinned) == prod_snapshot  # tagged versions stay readable
 
 
+@pytest.mark.slow
 def test_maintenance_while_a_writer_commits_loses_nothing(tmp_path):
     db_uri = str(tmp_path / "db")
     new_table(db_uri)

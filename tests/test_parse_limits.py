@@ -87,6 +87,7 @@ def test_zip_limits_on_total_size_and_member_count(tmp_path):
         parse_document(docx_ref(), b"PK\x03\x04" + os.urandom(64), ParsingConfig())
 
 
+@pytest.mark.slow
 def test_a_parse_past_the_deadline_is_stopped_and_the_worker_serves_the_next_document():
     cfg = ParsingConfig(timeout_s=3, max_memory_mb=100_000, **NO_ZIP_LIMITS)
     worker = new_parse_worker(cfg)
@@ -105,6 +106,7 @@ def test_a_parse_past_the_deadline_is_stopped_and_the_worker_serves_the_next_doc
         worker.close()
 
 
+@pytest.mark.slow
 def test_a_parse_over_the_memory_ceiling_is_stopped():
     cfg = ParsingConfig(timeout_s=600, max_memory_mb=150, **NO_ZIP_LIMITS)
     worker = new_parse_worker(cfg)
@@ -116,6 +118,7 @@ def test_a_parse_over_the_memory_ceiling_is_stopped():
         worker.close()
 
 
+@pytest.mark.slow
 def test_documents_without_a_worker_of_their_own_parse_in_a_pooled_one():
     """The stream calls parse_document without a worker: it gets the same isolation."""
     cfg = dataclasses.replace(ParsingConfig(), timeout_s=77)
@@ -135,6 +138,7 @@ def lie_about_size(archive: bytes, member_size: int, declared: int) -> bytes:
     return data
 
 
+@pytest.mark.slow
 def test_a_member_that_lies_about_its_size_is_not_inflated_past_the_declared_size():
     bomb = docx_bomb()
     real_size = zipfile.ZipFile(io.BytesIO(bomb)).getinfo("word/document.xml").file_size

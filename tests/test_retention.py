@@ -100,6 +100,7 @@ def last_of(commits: dict[int, dt.datetime], key) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_a_stream_over_four_months_holds_a_bounded_history_with_hourly_and_daily_checkpoints():
     """One commit every 5 minutes for 120 days (34,560 commits) with the shipped policy."""
     cfg = SHIPPED

@@ -288,6 +288,7 @@ def doc_ids(cfg):
     return {r["doc_id"] for r in table_rows(cfg.db, cfg.table)}
 
 
+@pytest.mark.slow
 def test_continuous_run_shows_changes_within_seconds_and_stops_on_sigterm(
     fake_cfg, kafka, topic, tmp_path
 ):
@@ -330,6 +331,7 @@ def history(n=40):
     "crash",
     ["before_chunk_commit:2", "after_chunk_commit:2", "after_batch_record:2", "external SIGKILL"],
 )
+@pytest.mark.slow
 def test_sigkill_mid_stream_then_restart_equals_one_clean_run(
     fake_cfg, kafka, topic, tmp_path, crash
 ):
@@ -371,6 +373,7 @@ def test_sigkill_mid_stream_then_restart_equals_one_clean_run(
     assert committed == ends
 
 
+@pytest.mark.slow
 def test_batch_runs_and_the_stream_interleave_on_one_table(
     fake_cfg, kafka, topic, tmp_path, corpus
 ):
