@@ -121,13 +121,15 @@ def cmd_versions(args, _beam_args) -> int:
     return 0
 
 
-def rollback(db_uri: str, table_name: str, ref: str) -> dict[str, Any]:
-    """Restore the table to a version, tag or run id as a new version; records a manifest row."""
+def rollback(db_uri: str, table_name: str, ref: str, commit=None) -> dict[str, Any]:
+    """Restore the table to a version, tag or run id as a new version; records a manifest row.
+    ``commit``: the commit lock's settings (``Config.commit``)."""
     db = store.connect(db_uri)
-    with store.commit_lock(db_uri, table_name):
+    with store.commit_lock(db_uri, table_name, commit) as lease:
         table = store.open_chunks(db, table_name)
         target = store.resolve_version(table, ref)
         started = store.utcnow()
+        store.check_held(lease)
         table.restore(target)
         run_id = new_run_id()
         tag = f"rollback-{run_id}"
@@ -142,6 +144,7 @@ def rollback(db_uri: str, table_name: str, ref: str) -> dict[str, Any]:
             finished_at=store.utcnow(),
             table_version=table.version,
             tag=tag,
+            lease_token=store.token_of(lease),
         )
     store.append_run(db, record)
     return record.to_dict()
@@ -149,7 +152,7 @@ def rollback(db_uri: str, table_name: str, ref: str) -> dict[str, Any]:
 
 def cmd_rollback(args, _beam_args) -> int:
     cfg = config_from_args(args)
-    row = rollback(cfg.db, cfg.table, args.to)
+    row = rollback(cfg.db, cfg.table, args.to, cfg.commit)
     print(
         f"restored {cfg.table} to {row['source']}: now version {row['table_version']} "
         f"(tag {row['tag']})"
@@ -181,7 +184,7 @@ def cmd_errors(args, _beam_args) -> int:
 
 def cmd_upgrade(args, _beam_args) -> int:
     cfg = config_from_args(args)
-    report = store.apply_upgrades(cfg.db, cfg.table)
+    report = store.apply_upgrades(cfg.db, cfg.table, commit=cfg.commit)
     if args.json:
         print(json.dumps(report.added, indent=2))
     else:

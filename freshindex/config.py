@@ -1,4 +1,5 @@
-"""The pipelines' settings (table, embedding, chunking, parsing, ingest, upkeep, stream):
+"""The pipelines' settings (table, embedding, chunking, parsing, ingest, upkeep, stream,
+commit coordination):
 the model's defaults < a user file < ``FRESHINDEX_*`` environment variables < flags.
 
 Every default is written here, once; ``configs/default.yaml`` is rendered from this module
@@ -389,6 +390,45 @@ class StreamingConfig:
         return self.group_id.format(table=table)
 
 
+@section("commit")
+class CommitConfig:
+    """How writers of one table take turns committing (docs/ARCHITECTURE.md, "Many
+    writers"). On a local folder a file lock; on ``s3://`` a lease object
+    ``<db>/_leases/<table>.json`` taken with conditional writes."""
+
+    lease_ttl_s: Float = Field(
+        30.0,
+        description="a holder renews its lease every ttl/3; a dead holder blocks the other "
+        "writers at most this long",
+    )
+    lease_settle_s: Float = Field(
+        0.3,
+        description="wait after taking the lease, then read it back (servers whose conditional "
+        "write is not atomic, such as moto's, can let two takers succeed)",
+    )
+    lease_timeout_s: Float = Field(
+        600.0, description="give up (LeaseTimeout) after waiting this long for the lease"
+    )
+    uncoordinated: Str = Field(
+        "warn",
+        description="on storage without a lease (gs://, others): warn (once per process; "
+        "run one writer per table there) or refuse (CommitNotCoordinated)",
+    )
+
+    def __post_init__(self) -> None:
+        if self.lease_settle_s < 0 or self.lease_timeout_s < 0:
+            raise ConfigError("commit.lease_settle_s and commit.lease_timeout_s must be >= 0")
+        if self.lease_ttl_s <= 3 * self.lease_settle_s:
+            raise ConfigError(
+                "commit.lease_ttl_s must be more than 3 x commit.lease_settle_s",
+                hint="a holder renews every lease_ttl_s / 3; keep the TTL well above the settle",
+            )
+        if self.uncoordinated not in ("warn", "refuse"):
+            raise ConfigError(
+                f"commit.uncoordinated must be warn or refuse, got {self.uncoordinated!r}"
+            )
+
+
 @section("")
 class Config:
     db: Str = Field(
@@ -403,6 +443,7 @@ class Config:
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
     stream: StreamingConfig = Field(default_factory=StreamingConfig)
+    commit: CommitConfig = Field(default_factory=CommitConfig)
 
     def __post_init__(self) -> None:
         if not self.table or not self.table.replace("_", "").replace("-", "").isalnum():
@@ -444,6 +485,7 @@ _SECTIONS = {
     "ingest": IngestConfig,
     "maintenance": MaintenanceConfig,
     "stream": StreamingConfig,
+    "commit": CommitConfig,
 }
 SECTIONS = _SECTIONS
 

@@ -18,7 +18,7 @@ def cmd_maintain(args, _extra) -> int:
     from freshindex.cli import config_from_args
 
     cfg = config_from_args(args)
-    report = maintain(cfg.db, cfg.table, cfg.maintenance, ann=not args.no_ann)
+    report = maintain(cfg.db, cfg.table, cfg.maintenance, ann=not args.no_ann, commit=cfg.commit)
     if args.json:
         print(json.dumps(asdict(report), indent=2, default=str))
     else:

@@ -142,6 +142,7 @@ def run_ingest(
         owns=spec.owns,
         max_delete_fraction=cfg.ingest.max_delete_fraction,
         allow_mass_delete=allow_mass_delete,
+        commit=cfg.commit,
     )
     log.info(
         "run %s: %s -> %s/%s (starting from version %s, sync=%s, namespace %s)",
@@ -175,7 +176,7 @@ def upkeep_after_run(cfg: Config, run_id: str) -> str:
     is an ``errors`` row (stage ``maintain``) and the run still succeeded: the data is
     committed, and the next upkeep retries."""
     try:
-        report = maintain(cfg.db, cfg.table, cfg.maintenance)
+        report = maintain(cfg.db, cfg.table, cfg.maintenance, commit=cfg.commit)
     except Exception as exc:  # the data is committed; upkeep is retried next time
         log.warning("table upkeep failed: %s", exc)
         error = ErrorRecord.from_exception("maintain", exc, doc_id=None, source_uri=cfg.table)

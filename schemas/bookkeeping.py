@@ -92,6 +92,7 @@ class RunRecord(_Record):
     table_version: int | None = None
     tag: str | None = None
     docs_known_bad: int | None = None
+    lease_token: int | None = None  # the commit lease's fencing token (null: none held)
 
     def to_row(self) -> dict[str, Any]:
         row = super().to_row()
@@ -170,6 +171,7 @@ class StreamBatchRecord(_Record):
     duration_ms: int | None = None
     freshness_ms: list[int] | None = None
     offsets: list[dict[str, Any]] | None = None  # {"topic", "partition", "next_offset"}
+    lease_token: int | None = None  # the commit lease's fencing token (null: none held)
 
 
 @dataclass(frozen=True, kw_only=True)

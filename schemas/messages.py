@@ -386,6 +386,7 @@ STREAM_BATCHES_SCHEMA = pa.schema(
         pa.field("duration_ms", pa.int64()),
         pa.field("freshness_ms", pa.list_(pa.int64())),  # commit time - record timestamp
         pa.field("offsets", pa.list_(OFFSET_TYPE)),
+        pa.field("lease_token", pa.int64()),  # the commit lease's fencing token (null: none)
     ],
     metadata={f"{META_PREFIX}schema_version": SCHEMA_VERSION},
 )

@@ -125,6 +125,9 @@ RUNS_SCHEMA = pa.schema(
         pa.field("tag", pa.string()),
         # documents not parsed because they failed permanently before (null in older rows)
         pa.field("docs_known_bad", pa.int64()),
+        # the fencing token of the commit lease the run committed under (null: a local
+        # folder's file lock, nothing committed, or rows of older versions)
+        pa.field("lease_token", pa.int64()),
     ],
     metadata={f"{META_PREFIX}schema_version": SCHEMA_VERSION},
 )

@@ -10,7 +10,11 @@ import time
 import boto3
 import pytest
 
-from freshindex.lease import CommitLease, LeaseLost, LeaseTimeout, S3LeaseObject
+from freshindex import store
+from freshindex.config import CommitConfig
+from freshindex.errors import ConfigError
+from freshindex.store import lock
+from freshindex.store.lease import CommitLease, LeaseLost, LeaseTimeout, S3LeaseObject
 
 FAST = {"ttl_s": 2.0, "settle_s": 0.2, "poll_s": 0.05}
 
@@ -92,3 +96,46 @@ def test_writers_in_three_processes_never_hold_it_at_once(s3_bucket):
     counter = boto3.client("s3").get_object(Bucket=s3_bucket, Key="counter")["Body"].read()
     assert int(counter) == 18  # no lost update: never two holders at once
     assert sorted(tokens) == list(range(1, 19))  # each hold its own fencing token, in order
+
+
+# ------------------------------------------------------------------ store.commit_lock
+
+
+def test_commit_lock_takes_the_lease_on_s3_and_a_file_lock_locally(s3_bucket, tmp_path):
+    settings = CommitConfig(lease_ttl_s=2.0, lease_settle_s=0.1, lease_timeout_s=30)
+    db_uri = f"s3://{s3_bucket}/lancedb"
+    tokens = []
+    for _ in range(2):
+        with store.commit_lock(db_uri, "docs", settings) as lease:
+            store.check_held(lease)
+            tokens.append(store.token_of(lease))
+            assert S3LeaseObject(db_uri, "docs").read()[0].holder == lease.holder
+    assert tokens == [1, 2]
+    assert store.token_of(lease) is None  # released: no token to record any more
+    with store.commit_lock(str(tmp_path / "db"), "docs", settings) as local:
+        assert local is None and store.token_of(local) is None
+        store.check_held(local)  # nothing to check
+    assert (tmp_path / "db" / ".docs.commit.lock").exists()
+
+
+def test_uncoordinated_storage_warns_once_or_is_refused(monkeypatch, caplog):
+    monkeypatch.setattr(lock, "_warned", set())
+    with caplog.at_level("WARNING", logger="freshindex.store.lock"):
+        for _ in range(2):
+            with store.commit_lock("gs://bucket/lancedb", "docs") as lease:
+                assert lease is None
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "gs:// databases are not coordinated" in warnings[0]
+    refuse = CommitConfig(uncoordinated="refuse")
+    with (
+        pytest.raises(store.CommitNotCoordinated, match="one writer per table"),
+        store.commit_lock("gs://bucket/lancedb", "docs", refuse),
+    ):
+        pass
+
+
+def test_commit_settings_are_checked():
+    with pytest.raises(ConfigError, match="lease_ttl_s must be more than 3 x"):
+        CommitConfig(lease_ttl_s=0.5, lease_settle_s=0.3)
+    with pytest.raises(ConfigError, match="warn or refuse"):
+        CommitConfig(uncoordinated="ignore")

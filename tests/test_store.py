@@ -200,14 +200,92 @@ def test_freshindex_upgrade_adds_pending_columns_once(db_uri, capsys):
         metadata=chunks_schema(DIM, model="fake-hash").metadata,
     )
     db.create_table("docs", schema=old_chunks)
-    old_runs = pa.schema([f for f in RUNS_SCHEMA if f.name != "docs_known_bad"])
+    old_runs = pa.schema(
+        [f for f in RUNS_SCHEMA if f.name not in ("docs_known_bad", "lease_token")]
+    )
     db.create_table(RUNS_TABLE, pa.Table.from_pylist([RUN], schema=old_runs))
 
     assert main(["upgrade", "--db", db_uri, "--table", "docs"]) == 0
     out = capsys.readouterr().out
-    assert "docs: added namespace" in out and "runs: added docs_known_bad" in out
+    assert "docs: added namespace" in out and "runs: added docs_known_bad, lease_token" in out
     assert "namespace" in store.open_chunks(db, "docs").schema.names
-    assert store.read_runs(db, "docs")[0]["docs_known_bad"] is None  # old rows stay readable
+    old_row = store.read_runs(db, "docs")[0]
+    assert old_row["docs_known_bad"] is None and old_row["lease_token"] is None  # still readable
 
     assert main(["upgrade", "--db", db_uri, "--table", "docs", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"docs": [], "runs": []}  # idempotent
+
+
+# ------------------------------------------------------------------ the post-commit check
+
+
+def test_the_post_commit_check_passes_a_commit_that_is_in_the_table(db_uri):
+    table, rng = new_table(db_uri), np.random.default_rng(1)
+    db = store.connect(db_uri)
+    first = doc_rows("a", "first text of a", rng)
+    store.verify_commit(
+        db, "docs", commit_changes(table, first), chunk_ids=first["chunk_id"].to_pylist()
+    )
+    second = doc_rows("a", "second text of a", rng)
+    version = commit_changes(table, second, replace_docs=["a"])
+    store.verify_commit(
+        db, "docs", version, chunk_ids=second["chunk_id"].to_pylist(), replaced_docs=["a"]
+    )
+    version = commit_changes(table, None, delete_docs=["a"])
+    store.verify_commit(db, "docs", version, deleted_docs=["a"])
+    store.verify_commit(db, "docs", None)  # nothing committed: nothing to check
+
+
+def test_the_post_commit_check_catches_a_lost_commit(db_uri):
+    """Another writer without the lock restores the version before ours as the next one:
+    the version we read back does not hold what we wrote (a lost commit)."""
+    table, rng = new_table(db_uri), np.random.default_rng(2)
+    db = store.connect(db_uri)
+    commit_changes(table, doc_rows("a", "text of a", rng))
+    before = table.version
+    ours = doc_rows("b", "text of b", rng)
+    commit_changes(table, ours)
+    other = db.open_table("docs")
+    other.restore(before)  # the racing writer's version replaces ours
+    with pytest.raises(store.CommitCheckFailed, match="1 written chunk ids are missing") as err:
+        store.verify_commit(db, "docs", other.version, chunk_ids=ours["chunk_id"].to_pylist())
+    assert "re-run the writer" in str(err.value)
+    with pytest.raises(store.CommitCheckFailed, match="cannot be read"):
+        store.verify_commit(db, "docs", other.version + 5, chunk_ids=ours["chunk_id"].to_pylist())
+
+
+def test_the_post_commit_check_catches_doubled_stale_and_undeleted_rows(db_uri):
+    table, rng = new_table(db_uri), np.random.default_rng(3)
+    db = store.connect(db_uri)
+    rows = doc_rows("a", "text of a", rng)
+    commit_changes(table, rows)
+    table.add(rows)  # an append racing a merge: the same chunk id twice
+    with pytest.raises(store.CommitCheckFailed, match="appear more than once"):
+        store.verify_commit(db, "docs", table.version, chunk_ids=rows["chunk_id"].to_pylist())
+    newer = doc_rows("a", "newer text of a", rng)
+    table.add(newer)  # new chunks added without replacing the old ones
+    with pytest.raises(store.CommitCheckFailed, match="chunks of replaced documents remain"):
+        store.verify_commit(
+            db, "docs", table.version, chunk_ids=newer["chunk_id"].to_pylist(), replaced_docs=["a"]
+        )
+    with pytest.raises(store.CommitCheckFailed, match="deleted documents still have chunks"):
+        store.verify_commit(db, "docs", table.version, deleted_docs=["a"])
+
+
+@pytest.mark.slow
+def test_a_batch_commit_that_is_lost_fails_the_run_and_records_nothing(
+    fake_cfg, corpus, monkeypatch
+):
+    """The batch's commit step, with its merge lost (it commits nothing, as if another
+    writer's manifest had replaced it): the run fails with the check's error, no runs row."""
+    from freshindex.pipelines.batch import run_ingest
+    from freshindex.transforms import write
+
+    def lost_commit(table, data, **_):
+        return table.version  # the merge never reached the table
+
+    monkeypatch.setattr(write, "commit_changes", lost_commit)
+    with pytest.raises(Exception, match="not in the table as written"):
+        run_ingest(fake_cfg, str(corpus))
+    db = store.connect(fake_cfg.db)
+    assert store.read_runs(db, fake_cfg.table) == []

@@ -4,7 +4,9 @@ Two steps, so parallel workers never race on the table:
 
 1. **Stage** (parallel): each worker writes its documents' rows as Parquet files under
    ``<db>/_staging/<table>/<run id>/``. A document's rows always land in one file.
-2. **Commit** (a single step, under the table's commit lock): the staged files are merged
+2. **Commit** (a single step, under the table's commit lock, ``store.commit_lock``: a file
+   lock, or the S3 lease whose fencing token the manifest row records; each merge is
+   checked afterwards, ``store.verify_commit``): the staged files are merged
    with ``merge_insert`` on ``chunk_id`` in batches of whole documents. Each merge also
    deletes the old chunks of the documents it replaces (and, in the last one, documents
    gone from the source), so a reader sees a document's old chunks or its new ones,
@@ -39,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from freshindex import store
+from freshindex.config import CommitConfig
 from freshindex.schemas.bookkeeping import RunRecord
 from freshindex.schemas.predicates import in_list
 from freshindex.schemas.records import KNOWN_BAD, EmbeddedDocument, ErrorRecord
@@ -75,6 +78,7 @@ class RunSpec:
     owns: Owns | None = None  # which stored source URIs the source's pattern can produce
     max_delete_fraction: float = 1.0  # refuse to delete more of the source's documents
     allow_mass_delete: bool = False  # the operator's override of max_delete_fraction
+    commit: CommitConfig | None = None  # the commit lock's settings (None: the defaults)
 
     @property
     def staging_uri(self) -> str:
@@ -352,7 +356,7 @@ def commit_run(
     updated_set = set(updated)
     deleted, status, notices = guard_deletes(spec, deleted, errors, docs_seen=docs_seen)
     result = CommitResult()
-    with store.commit_lock(spec.table.db_uri, spec.table.table):
+    with store.commit_lock(spec.table.db_uri, spec.table.table, spec.commit) as lease:
         table = store.open_or_create_chunks(
             db,
             spec.table.table,
@@ -377,11 +381,20 @@ def commit_run(
                 keep = pc.invert(pc.is_in(data["doc_id"], value_set=pa.array(sorted(foreign))))
                 data = data.filter(keep)
             last = i == len(groups) - 1
+            store.check_held(lease)  # a holder that stalled past its TTL never commits
             version = commit_changes(
                 table,
                 data,
                 replace_docs=docs_here & updated_set,
                 delete_docs=deleted if last else (),
+            )
+            store.verify_commit(
+                db,
+                spec.table.table,
+                version,
+                chunk_ids=data["chunk_id"].to_pylist(),
+                replaced_docs=docs_here & updated_set,
+                deleted_docs=deleted if last else (),
             )
             result.versions.append(version)
             result.docs_written |= docs_here
@@ -390,10 +403,15 @@ def commit_run(
                 "commit %d/%d: %d rows -> version %s", i + 1, len(groups), data.num_rows, version
             )
         if not groups and deleted:
-            result.versions.append(commit_changes(table, None, delete_docs=deleted))
+            store.check_held(lease)
+            version = commit_changes(table, None, delete_docs=deleted)
+            store.verify_commit(db, spec.table.table, version, deleted_docs=deleted)
+            result.versions.append(version)
         result.docs_deleted = len(deleted)
+        store.check_held(lease)
         store.ensure_scalar_indexes(table)
         final_version = table.version
+        lease_token = store.token_of(lease)  # read while held: a released lease has none
         tag = store.RUN_TAG_PREFIX + spec.run_id
         store.tag_version(table, tag, final_version)
     if status == SUCCEEDED:  # conflicts found under the lock count as failures too
@@ -419,6 +437,7 @@ def commit_run(
         table_version=final_version,
         tag=tag,
         docs_known_bad=sum(1 for e in errors if e.error_class == KNOWN_BAD),
+        lease_token=lease_token,
     )
     errors.extend(notices)
     store.append_errors(db, spec.run_id, spec.table.table, errors)

@@ -4,7 +4,8 @@ One module per concern; the names callers use are re-exported here, so
 ``from freshindex import store; store.connect(uri)`` reads as before.
 
 * ``connection``: connect, table names, filesystems, the clock
-* ``lock``: the commit lock every writer of a table holds
+* ``lock`` (with ``lease``): the commit lock every writer of a table holds; the S3 lease
+* ``verify``: the post-commit check (the commit is in the table, once)
 * ``chunks``: open or create a chunks table (model, width and schema version checked)
 * ``upgrade``: schema versions checked on open; the additive upgrade path
 * ``ledger``: what the table knows about each document; stored vectors by text hash
@@ -46,8 +47,9 @@ from freshindex.store.indexes import (
     fts_unindexed_rows,
     refresh_fts_index,
 )
+from freshindex.store.lease import CommitLease, LeaseLost, LeaseTimeout
 from freshindex.store.ledger import LedgerEntry, ledger_of, lookup_vectors, read_ledger
-from freshindex.store.lock import commit_lock
+from freshindex.store.lock import CommitNotCoordinated, check_held, commit_lock, token_of
 from freshindex.store.staging import remove_stale_staging, staging_dir, staging_root
 from freshindex.store.upgrade import (
     UpgradeReport,
@@ -55,6 +57,7 @@ from freshindex.store.upgrade import (
     check_schema_version,
     upgrade_chunks,
 )
+from freshindex.store.verify import CommitCheckFailed, verify_commit
 from freshindex.store.versions import RUN_TAG_PREFIX, open_as_of, resolve_version, tag_version
 
 __all__ = [
@@ -62,6 +65,11 @@ __all__ = [
     "FTS_REFRESH_FRACTION",
     "FTS_REFRESH_MIN_ROWS",
     "RUN_TAG_PREFIX",
+    "CommitCheckFailed",
+    "CommitLease",
+    "CommitNotCoordinated",
+    "LeaseLost",
+    "LeaseTimeout",
     "LedgerEntry",
     "UpgradeReport",
     "ann_search_params",
@@ -71,6 +79,7 @@ __all__ = [
     "append_stream_batch",
     "apply_upgrades",
     "bookkeeping_table",
+    "check_held",
     "check_model",
     "check_schema_version",
     "commit_lock",
@@ -101,6 +110,8 @@ __all__ = [
     "staging_root",
     "table_names",
     "tag_version",
+    "token_of",
     "upgrade_chunks",
     "utcnow",
+    "verify_commit",
 ]

@@ -26,7 +26,7 @@ from freshindex.schemas.tables import (
     table_metadata,
 )
 from freshindex.store.connection import table_names
-from freshindex.store.lock import commit_lock
+from freshindex.store.lock import check_held, commit_lock
 
 
 def schema_version(schema: pa.Schema) -> int | None:
@@ -89,18 +89,20 @@ class UpgradeReport:
         return "\n".join(lines) or "nothing to upgrade"
 
 
-def apply_upgrades(db_uri: str, table_name: str, db=None) -> UpgradeReport:
+def apply_upgrades(db_uri: str, table_name: str, db=None, commit=None) -> UpgradeReport:
     """Apply every pending upgrade to the chunks table ``table_name`` and to the bookkeeping
-    tables that exist. Idempotent: a second call adds nothing."""
+    tables that exist. Idempotent: a second call adds nothing. ``commit``: the commit
+    lock's settings (``Config.commit``)."""
     from freshindex.store.connection import connect
 
     db = db if db is not None else connect(db_uri)
     report = UpgradeReport()
     existing = table_names(db)
     if table_name in existing:
-        with commit_lock(db_uri, table_name):
+        with commit_lock(db_uri, table_name, commit) as lease:
             table = db.open_table(table_name)
             check_schema_version(table, table_name)
+            check_held(lease)
             dim = table.schema.field("vector").type.list_size
             report.added[table_name] = upgrade_chunks(table, dim)
     for name, schema in BOOKKEEPING_SCHEMAS.items():

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from freshindex.config import MaintenanceConfig
+from freshindex.config import CommitConfig, MaintenanceConfig
 from freshindex.schemas.bookkeeping import AnnStateRecord, RunRecord, new_run_id
 from freshindex.store.ann import (
     SEARCH_LADDER,
@@ -42,7 +42,7 @@ from freshindex.store.ann import (
 from freshindex.store.bookkeeping import append_run, record_ann_state
 from freshindex.store.chunks import open_chunks
 from freshindex.store.connection import connect, is_local, utcnow
-from freshindex.store.lock import commit_lock
+from freshindex.store.lock import check_held, commit_lock, token_of
 from freshindex.store.retention import (
     CHECKPOINT_TAG_PREFIX,
     RetentionOutcome,
@@ -144,17 +144,23 @@ def maintain(
     ann: bool = True,
     record: bool = True,
     now: dt.datetime | None = None,
+    commit: CommitConfig | None = None,
 ) -> MaintenanceReport:
-    """Run every upkeep step on one table and record it in ``runs`` (kind ``maintain``)."""
+    """Run every upkeep step on one table and record it in ``runs`` (kind ``maintain``).
+
+    Every step that commits a version holds the commit lock (``commit``: its settings), so
+    upkeep takes turns with the batch runs and streams that write the table."""
     started = time.monotonic()
     started_at = utcnow()
     db = connect(db_uri)
     report = MaintenanceReport(table=table_name, bytes_before=disk_bytes(db_uri, table_name))
-    with commit_lock(db_uri, table_name):
+    tokens: list[int] = []
+    with commit_lock(db_uri, table_name, commit) as lease:
         table = open_chunks(db, table_name)
         report.fragments_before = table.stats()["fragment_stats"]["num_fragments"]
         opened_at = table.version
         if table.stats()["fragment_stats"]["num_small_fragments"] > 1:
+            check_held(lease)
             metrics = table.to_lance().optimize.compact_files()
             report.compaction = {
                 "fragments_removed": metrics.fragments_removed,
@@ -162,9 +168,11 @@ def maintain(
             }
             table.checkout_latest()  # each step starts from the previous step's version
         if any(ix.num_unindexed_rows for ix in table.list_indices()):
+            check_held(lease)
             table.to_lance().optimize.optimize_indices()
             table.checkout_latest()
             report.indexes_refreshed = len(table.list_indices())
+        check_held(lease)
         retained = apply_retention(table, cfg, now)
         # versions are numbered consecutively: counting them from the one listing that
         # retention needs spares two more reads of every manifest
@@ -174,12 +182,26 @@ def maintain(
         report.checkpoints_tagged = len(retained.plan.create_tags)
         report.tags_released = list(retained.plan.delete_tags)
         retention_version = table.version
+        tokens += [t for t in (token_of(lease),) if t is not None]
     report.staging_removed, report.staging_bytes_freed = remove_stale_staging(
         db_uri, table_name, cfg.staging_max_age_hours * 3600
     )
     table = open_chunks(db, table_name)
     if ann:
-        report.ann = ensure_ann_index(db, table, cfg)
+        # An index build is a commit too. Locally it runs outside the lock (it can take
+        # minutes; Lance commits it atomically beside concurrent writes). On object storage
+        # it holds the lock like any commit: there the lock is what keeps commits apart on
+        # servers whose conditional PUT is not atomic. A separate hold: writers commit
+        # between the steps above and this build.
+        hold = (
+            contextlib.nullcontext()
+            if is_local(db_uri)
+            else commit_lock(db_uri, table_name, commit)
+        )
+        with hold as lease:
+            check_held(lease)
+            report.ann = ensure_ann_index(db, open_chunks(db, table_name), cfg)
+            tokens += [t for t in (token_of(lease),) if t is not None]
         table = open_chunks(db, table_name)
     report.versions_after = (
         retained.versions_listed - retained.versions_removed + table.version - retention_version
@@ -208,6 +230,7 @@ def maintain(
                 started_at=started_at,
                 finished_at=utcnow(),
                 table_version=report.table_version,
+                lease_token=max(tokens, default=None),
             ),
         )
     return report

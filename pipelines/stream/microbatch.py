@@ -6,7 +6,8 @@ decode (``freshindex.schemas.messages``) -> last message per document -> plan ag
 table's ledger (``freshindex.transforms.plan.decide``) -> parse -> chunk -> embed -> rows
 (``freshindex.transforms.process``, the path the batch pipeline's steps take) -> commit
 (``freshindex.transforms.write.commit_changes`` under ``store.commit_lock``, the lock batch
-runs take too). Whatever one message raises becomes its error row and the batch goes on. A
+runs take too; checked by ``store.verify_commit``, the lease's fencing token recorded in
+``stream_batches``). Whatever one message raises becomes its error row and the batch goes on. A
 ``uri`` message is read only when allowed, under the allowed prefixes
 (``freshindex.transforms.source_io``).
 
@@ -82,6 +83,7 @@ class BatchStats:
     lag: int | None = None
     duration_ms: int = 0
     freshness_ms: list[int] = field(default_factory=list)
+    lease_token: int | None = None  # the commit lease's fencing token (None: no lease)
 
     def log_line(self) -> str:
         fresh = "n/a"
@@ -271,7 +273,7 @@ class BatchIndexer:
         cfg = self._cfg
         if data is None and not deletes:
             return version
-        with store.commit_lock(cfg.db, cfg.table):
+        with store.commit_lock(cfg.db, cfg.table, cfg.commit) as lease:
             table = store.open_or_create_chunks(
                 self._db,
                 cfg.table,
@@ -281,7 +283,17 @@ class BatchIndexer:
             )
             # every written document is replaced, not only those the ledger knew: a batch
             # run may have added one since the ledger was read
-            commit_changes(table, data, replace_docs=written, delete_docs=deletes)
+            store.check_held(lease)  # a holder that stalled past its TTL never commits
+            committed = commit_changes(table, data, replace_docs=written, delete_docs=deletes)
+            store.verify_commit(
+                self._db,
+                cfg.table,
+                committed,
+                chunk_ids=[] if data is None else data["chunk_id"].to_pylist(),
+                replaced_docs=written,
+                deleted_docs=deletes,
+            )
+            stats.lease_token = store.token_of(lease)
             store.refresh_fts_index(table)  # index upkeep; creates missing indexes
             return table.version
 
@@ -373,7 +385,9 @@ class BatchIndexer:
         from freshindex.store.upkeep import maintain
 
         try:
-            report = maintain(self._cfg.db, self._cfg.table, self._cfg.maintenance)
+            report = maintain(
+                self._cfg.db, self._cfg.table, self._cfg.maintenance, commit=self._cfg.commit
+            )
             log.info("%s", report.summary())
         except Exception as exc:  # the data is committed; upkeep is retried next time
             log.warning("table upkeep failed: %s", exc)

@@ -1,7 +1,8 @@
 """Commit leases on object storage: one committer per table at a time, across machines.
 
-On a local folder every writer is on one machine and ``store.commit_lock`` takes a file
-lock, which the kernel releases when its holder dies. On S3 (and S3-compatible servers)
+``freshindex.store.commit_lock`` takes it for ``s3://`` databases. On a local folder every
+writer is on one machine and the commit lock is a file lock, which the kernel releases
+when its holder dies. On S3 (and S3-compatible servers)
 writers share nothing but the bucket, so the lock is a small object,
 ``<db>/_leases/<table>.json`` = ``{holder, token, expires_at}``, taken and renewed with
 conditional writes:
