@@ -366,7 +366,8 @@ class StreamingConfig:
         if self.allow_uri_messages and not prefixes:
             raise ConfigError(
                 "stream.allow_uri_messages needs stream.allowed_uri_prefixes",
-                hint="list the folders or bucket prefixes uri messages may name",
+                hint="list the folders or bucket prefixes uri messages may name "
+                "(stream.allowed_uri_prefixes, or --allowed-uri-prefix)",
             )
         if self.batch_interval_s < 0 or self.max_batch_messages < 1:
             raise ConfigError(

@@ -451,7 +451,7 @@ def test_uri_settings_come_from_the_config_and_are_checked(fake_cfg, tmp_path):
     assert not stream_config(fake_cfg, topics="t").allow_uri_messages  # the shipped default
     with pytest.raises(ConfigError, match="allowed_uri_prefixes"):
         load_config(overrides={"stream.allow_uri_messages": True}, environ={})
-    with pytest.raises(ConfigError, match="no prefix"):
+    with pytest.raises(ConfigError, match="--allowed-uri-prefix"):  # flags: the same check
         stream_config(fake_cfg, topics="t", allow_uri_messages=True)
     with pytest.raises(ConfigError, match="whole filesystem"):
         stream_config(fake_cfg, topics="t", allow_uri_messages=True, allowed_uri_prefixes=["/"])

@@ -143,6 +143,28 @@ def chunk(doc: Document, cfg: ChunkingConfig, embedder) -> ChunkedDocument | Err
     )
 
 
+def _batch_or_each(
+    stage: str, step: Callable[[list[EmbeddedDocument]], T], docs: list, doc_of
+) -> tuple[list[tuple[Any, T]], list[ErrorRecord]]:
+    """``step`` over the whole batch in one call; if that fails, over each item alone, so
+    only the bad one becomes a ``stage`` ErrorRecord. Returns ([(items, result)], errors)."""
+    try:
+        return [(docs, step(docs))], []
+    except Exception:
+        pass  # isolate the bad item below
+    done, errors = [], []
+    for item in docs:
+        document = doc_of(item)
+        result = isolate(
+            stage, step, [item], doc_id=document.doc_id, source_uri=document.source_uri
+        )
+        if isinstance(result, ErrorRecord):
+            errors.append(result)
+        else:
+            done.append(([item], result))
+    return done, errors
+
+
 def embed(
     batch: Sequence[ChunkedDocument], embedder, reuse: VectorReuse
 ) -> tuple[list[EmbeddedDocument], list[ErrorRecord]]:
@@ -151,27 +173,10 @@ def embed(
     batch = list(batch)
     if not batch:
         return [], []
-    try:
-        return embed_documents(batch, embedder, reuse), []
-    except Exception:
-        pass  # isolate the bad document below
-    embedded: list[EmbeddedDocument] = []
-    errors: list[ErrorRecord] = []
-    for doc in batch:
-        result = isolate(
-            "embed",
-            embed_documents,
-            [doc],
-            embedder,
-            reuse,
-            doc_id=doc.document.doc_id,
-            source_uri=doc.document.source_uri,
-        )
-        if isinstance(result, ErrorRecord):
-            errors.append(result)
-        else:
-            embedded.extend(result)
-    return embedded, errors
+    done, errors = _batch_or_each(
+        "embed", lambda docs: embed_documents(docs, embedder, reuse), batch, lambda d: d.document
+    )
+    return [e for _, result in done for e in result], errors
 
 
 def rows(
@@ -183,24 +188,11 @@ def rows(
     docs = list(docs)
     if not docs:
         return None, [], []
-    try:
-        return rows_for(docs, **row_settings), docs, []
-    except Exception:
-        pass  # isolate the bad document below
-    tables, kept, errors = [], [], []
-    for doc in docs:
-        result = isolate(
-            "write",
-            lambda d: rows_for([d], **row_settings),
-            doc,
-            doc_id=doc.document.doc_id,
-            source_uri=doc.document.source_uri,
-        )
-        if isinstance(result, ErrorRecord):
-            errors.append(result)
-        else:
-            tables.append(result)
-            kept.append(doc)
+    done, errors = _batch_or_each(
+        "write", lambda part: rows_for(part, **row_settings), docs, lambda d: d.document
+    )
+    tables = [table for _, table in done]
+    kept = [d for part, _ in done for d in part]
     return (pa.concat_tables(tables) if tables else None), kept, errors
 
 

@@ -4,12 +4,13 @@ The table, model and chunking are in ``freshindex.config.Config``."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from freshindex.config import Config, StreamingConfig, check_namespace, normalize_uri_prefix
+from freshindex.config import Config, StreamingConfig, check_namespace
 from freshindex.errors import ConfigError
 from freshindex.transforms.kafka_io import KafkaSpec, PartitionStart, parse_client_options
 
@@ -41,17 +42,8 @@ class StreamConfig:
     gap_wait_s: float = 2.0
 
     def __post_init__(self) -> None:
-        prefixes = tuple(normalize_uri_prefix(p) for p in self.allowed_uri_prefixes)
-        object.__setattr__(self, "allowed_uri_prefixes", prefixes)
-        if self.allow_uri_messages and not prefixes:
-            raise ConfigError(
-                "uri messages are allowed but no prefix is",
-                hint="give --allowed-uri-prefix ROOT (or stream.allowed_uri_prefixes)",
-            )
-        if self.batch_interval_s < 0 or self.max_batch_messages < 1:
-            raise ConfigError("batch_interval_s must be >= 0 and max_batch_messages >= 1")
-        if self.max_message_bytes < 1:
-            raise ConfigError("max_message_bytes must be >= 1")
+        # the section's fields were checked by freshindex.config.StreamingConfig
+        # (stream_config builds them through it); these are the run's own
         if self.gap_wait_s < 0:
             raise ConfigError(f"gap_wait_s must be >= 0, got {self.gap_wait_s}")
         if self.duration_s is not None and self.duration_s <= 0:
@@ -97,17 +89,22 @@ def stream_config(
         client_options=parse_client_options(client_options),
     )
     settings = {k: v for k, v in settings.items() if v is not None}
+    if "allowed_uri_prefixes" in settings:  # repeatable flags arrive as a list
+        settings["allowed_uri_prefixes"] = tuple(settings["allowed_uri_prefixes"])
+    # flags over the config's section, checked by the section's own validation
+    section_fields = {f.name for f in dataclasses.fields(section)}
+    section = dataclasses.replace(
+        section, **{k: settings.pop(k) for k in list(settings) if k in section_fields}
+    )
     for name in (
         "batch_interval_s",
         "max_batch_messages",
         "max_message_bytes",
         "dead_letter_topic",
         "allow_uri_messages",
+        "allowed_uri_prefixes",
     ):
-        settings.setdefault(name, getattr(section, name))
-    settings["allowed_uri_prefixes"] = tuple(
-        settings.get("allowed_uri_prefixes") or section.allowed_uri_prefixes
-    )
+        settings[name] = getattr(section, name)
     return StreamConfig(kafka=kafka, **settings)
 
 
