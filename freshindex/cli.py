@@ -1,7 +1,7 @@
 """The ``freshindex`` command: one entry point, one subcommand per job.
 
 freshindex ingest SOURCE --table NAME [--db URI] [--sync full|append] [--namespace NS]
-    [--allow-mass-delete] [Beam options]
+    [--allow-mass-delete] [--retry-failed] [--full-hash] [Beam options]
 freshindex versions --table NAME
 freshindex rollback --to RUN_OR_VERSION --table NAME
 freshindex errors --table NAME [--run RUN_ID]
@@ -75,7 +75,14 @@ def cmd_ingest(args, beam_args: list[str]) -> int:
     )
 
     configure_logging(args.verbose)
-    cfg = config_from_args(args, **{"ingest.sync": args.sync, "ingest.namespace": args.namespace})
+    cfg = config_from_args(
+        args,
+        **{
+            "ingest.sync": args.sync,
+            "ingest.namespace": args.namespace,
+            "ingest.change_detection": "hash" if args.full_hash else None,
+        },
+    )
     row = run_ingest(
         cfg,
         args.source,
@@ -256,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="re-parse documents that failed permanently before (skipped while their bytes "
         "and the settings are unchanged)",
+    )
+    p.add_argument(
+        "--full-hash",
+        dest="full_hash",
+        action="store_true",
+        help="read and hash every file, also those whose listed size and modification time "
+        "are the indexed ones (ingest.change_detection: hash)",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_ingest, beam=True)

@@ -186,10 +186,22 @@ class IngestConfig:
         description="who owns the documents a batch run writes; null: derived from the "
         "source (files:<root> or jsonl:<file>). Sources share documents only in one namespace.",
     )
+    change_detection: Str = Field(
+        "metadata",
+        description="metadata: a file whose listed size and modification time are the ones "
+        "indexed is skipped without reading it (a rewrite that keeps both is missed, as by "
+        "rsync); hash: read and hash every file (--full-hash)",
+    )
 
     def __post_init__(self) -> None:
         if self.sync not in ("full", "append"):
             raise ConfigError(f"ingest.sync must be 'full' or 'append', got {self.sync!r}")
+        if self.change_detection not in ("metadata", "hash"):
+            raise ConfigError(
+                "ingest.change_detection must be 'metadata' or 'hash', "
+                f"got {self.change_detection!r}",
+                hint="hash reads every file; metadata trusts the listing's size and mtime",
+            )
         if not 0.0 <= self.max_failure_fraction <= 1.0:
             raise ConfigError("ingest.max_failure_fraction must be within [0, 1]")
         if not 0.0 <= self.max_delete_fraction <= 1.0:

@@ -2,12 +2,13 @@
 
     python -m freshindex.pipelines.batch --source docs/ --table docs [--db URI] \
         [--sync full|append] \
-        [--namespace NS] [--allow_mass_delete] \
+        [--namespace NS] [--allow_mass_delete] [--full_hash] \
         [--runner DirectRunner --direct_num_workers 2 --direct_running_mode multi_processing]
 
-Read -> Plan (against the table's ledger) -> Parse -> Chunk -> Embed -> Write (stage, then
-one serialized commit). Every step is a transform from ``transforms/``; the streaming
-pipeline composes the same ones.
+List -> Screen (an unchanged listing is skipped unread) -> Hash -> Plan (against the
+table's ledger) -> Parse -> Chunk -> Embed -> Write (stage, then one serialized commit).
+Every step is a transform from ``transforms/``; the streaming pipeline composes the same
+ones.
 """
 
 from __future__ import annotations
@@ -33,8 +34,21 @@ from freshindex.store.upkeep import maintain
 from freshindex.transforms.chunk import ChunkDocuments
 from freshindex.transforms.embed import Embed
 from freshindex.transforms.parse import Parse, ReadKnownFailures, failure_fingerprint
-from freshindex.transforms.plan import PlanChanges, ReadLedger, TableRef
-from freshindex.transforms.read import ReadSource, SourceSpec, resolve_source
+from freshindex.transforms.plan import (
+    PlanChanges,
+    ReadLedger,
+    RecordSourceVersions,
+    ScreenListing,
+    TableRef,
+)
+from freshindex.transforms.read import (
+    ERRORS_TAG,
+    HashFiles,
+    ListSource,
+    ReadSource,
+    SourceSpec,
+    resolve_source,
+)
 from freshindex.transforms.write import (
     DELETES_WITHHELD,
     MASS_DELETE_REFUSED,
@@ -73,10 +87,10 @@ def build_ingest(
     Documents that failed permanently before (same bytes, same settings) are not parsed
     again unless ``retry_failed``.
     """
-    read = p | "Read" >> ReadSource(source)
     ledger = p | "Ledger" >> ReadLedger(run.table)
-    failed = read.errors | "ListedButUnread" >> beam.FlatMap(_listed_but_unread)
-    plan = {"refs": read.refs, "ledger": ledger, "failed": failed} | "Plan" >> PlanChanges(
+    refs, read_errors = _read(p, cfg, source, run, ledger)
+    failed = read_errors | "ListedButUnread" >> beam.FlatMap(_listed_but_unread)
+    plan = {"refs": refs, "ledger": ledger, "failed": failed} | "Plan" >> PlanChanges(
         run.fingerprint, run.sync, source.namespace, source.owns
     )
     failures_fp = failure_fingerprint(cfg)
@@ -91,21 +105,40 @@ def build_ingest(
         cfg.embedding, run.table, cfg.ingest.docs_per_batch
     )
     errors = (
-        read.errors,
+        read_errors,
         plan.errors,
         parsed.errors,
         chunked.errors,
         embedded.errors,
     ) | "AllErrors" >> beam.Flatten()
-    return embedded.embedded | "Write" >> WriteToIndex(
+    manifest = embedded.embedded | "Write" >> WriteToIndex(
         run,
         errors=errors,
         deleted=plan.deleted,
         updated=plan.updated,
-        docs_seen=read.refs | "CountSeen" >> beam.combiners.Count.Globally(),
+        docs_seen=refs | "CountSeen" >> beam.combiners.Count.Globally(),
         docs_skipped=plan.skipped | "CountSkipped" >> beam.combiners.Count.Globally(),
         docs_per_file=cfg.ingest.docs_per_batch * 4,
     )
+    _ = plan.refreshed | "RecordSourceVersions" >> RecordSourceVersions(run.table, manifest)
+    return manifest
+
+
+def _read(p: beam.Pipeline, cfg: Config, source: SourceSpec, run: RunSpec, ledger):
+    """(refs with their content hash, read errors). With ``ingest.change_detection:
+    metadata`` a file whose listing metadata the ledger recorded is not read: its ref
+    carries the stored content hash and the plan skips it."""
+    if source.kind != "files" or cfg.ingest.change_detection == "hash":
+        read = p | "Read" >> ReadSource(source)
+        return read["refs"], read[ERRORS_TAG]
+    listed = p | "List" >> ListSource(source)
+    screened = {"listed": listed.refs, "ledger": ledger} | "Screen" >> ScreenListing(
+        run.fingerprint, source.namespace, source.owns
+    )
+    hashed = screened.to_read | "Hash" >> HashFiles(source.root)
+    refs = (screened.unchanged, hashed.refs) | "Refs" >> beam.Flatten()
+    errors = (listed.errors, hashed.errors) | "ReadErrors" >> beam.Flatten()
+    return refs, errors
 
 
 def run_ingest(

@@ -46,6 +46,15 @@ class FreshIndexOptions(PipelineOptions):
             help="re-parse documents that failed permanently before with the same bytes "
             "and settings (skipped otherwise)",
         )
+        parser.add_argument(
+            "--full_hash",
+            "--full-hash",
+            dest="full_hash",
+            action="store_true",
+            default=False,
+            help="batch: read and hash every file instead of trusting an unchanged listing "
+            "(size, mtime); ingest.change_detection: hash",
+        )
 
     def to_config(self) -> Config:
         """The typed config: defaults, the --config file, environment, then these flags."""
@@ -62,6 +71,7 @@ class FreshIndexOptions(PipelineOptions):
                 "ingest.max_failure_fraction": o.get("max_failure_fraction"),
                 "ingest.sync": o.get("sync"),
                 "ingest.namespace": o.get("namespace"),
+                "ingest.change_detection": "hash" if o.get("full_hash") else None,
             },
         )
 

@@ -65,6 +65,10 @@ class SourceRef:
     ``doc_id`` is stable: the path relative to the source root, the record ``_id`` of a
     JSONL corpus, or the Kafka key. ``inline_text`` is set for records that carry their
     text (JSONL, Kafka); files are re-read from ``source_uri`` when they need parsing.
+    ``source_version`` is what the source's listing says about the file (size and
+    modification time), so an unchanged file is recognised without reading it; None where
+    the source has no such metadata (records, messages). A file as listed but not read yet
+    has an empty ``content_hash`` (``freshindex.transforms.read.ListSource``).
     """
 
     doc_id: str
@@ -76,6 +80,7 @@ class SourceRef:
     title: str | None = None
     inline_text: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    source_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class Document:
     modified_at: float | None
     elements: tuple[Element, ...]
     metadata: dict[str, Any] = field(default_factory=dict)
+    source_version: str | None = None  # SourceRef.source_version of the bytes parsed
 
 
 @dataclass(frozen=True)

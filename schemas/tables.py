@@ -20,11 +20,19 @@ SCHEMA_VERSION = "1"
 META_PREFIX = "freshindex."
 
 # The table's ledger columns: what a re-run compares to decide what to skip, and who owns
-# each document (``namespace``; where it came from, ``source_uri``).
-LEDGER_COLUMNS = ("doc_id", "content_hash", "fingerprint", "source_uri", "namespace")
+# each document (``namespace``; where it came from, ``source_uri``), and what the source's
+# listing said about it when it was read (``source_version``: skip without reading).
+LEDGER_COLUMNS = (
+    "doc_id",
+    "content_hash",
+    "fingerprint",
+    "source_uri",
+    "namespace",
+    "source_version",
+)
 # Columns added to the chunks schema after tables were first written: a writer opening an
 # older table adds them (null in the old rows) before its first commit.
-ADDED_CHUNK_COLUMNS = ("namespace",)
+ADDED_CHUNK_COLUMNS = ("namespace", "source_version")
 # Columns with a scalar index, so merges and lookups do not scan the table.
 INDEXED_COLUMNS = ("chunk_id", "doc_id", "text_hash")
 
@@ -63,6 +71,10 @@ def chunks_schema(vector_dim: int, *, model: str = "", settings: dict[str, Any] 
             # the source that owns the document (docs/ARCHITECTURE.md, Ownership); null in
             # rows written before namespaces existed
             pa.field("namespace", pa.string()),
+            # the source listing's metadata of the bytes the row was made from
+            # ("size=<bytes>;mtime=<seconds>"): a re-run whose listing says the same skips
+            # the document without reading it; null for records, messages and old rows
+            pa.field("source_version", pa.string()),
         ],
         metadata=metadata,
     )

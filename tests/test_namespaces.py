@@ -121,10 +121,11 @@ def test_two_folders_with_the_same_relative_paths_keep_their_own(fake_cfg, tmp_p
 
 
 def make_legacy(cfg) -> None:
-    """Rewrite the table as one written before the namespace column existed."""
+    """Rewrite the table as one written before the namespace column existed (so also
+    before every column added after it)."""
     db = store.connect(cfg.db)
     table = store.open_chunks(db, cfg.table)
-    data = table.to_arrow().drop_columns(["namespace"])
+    data = table.to_arrow().drop_columns(["namespace", "source_version"])
     db.drop_table(cfg.table)
     db.create_table(cfg.table, data=data.replace_schema_metadata(table.schema.metadata))
 

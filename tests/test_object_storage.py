@@ -7,6 +7,7 @@ table) hold on object storage too, and unchanged objects are not downloaded agai
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import boto3
 import pytest
@@ -15,6 +16,7 @@ from freshindex import store
 from freshindex.cli import rollback
 from freshindex.pipelines.batch import run_ingest
 from freshindex.store.upkeep import maintain
+from freshindex.transforms.read import RACY_WINDOW_S
 from tests.conftest import DOCS, FIXTURES, table_rows
 
 pytestmark = pytest.mark.slow
@@ -105,3 +107,50 @@ def test_upkeep_with_retention_on_object_storage(s3_cfg, s3_bucket):
     assert report.versions_removed > 0  # versions (manifests and data) deleted on the bucket
     assert content(table_rows(s3_cfg.db)) == content(before)
     assert content(table_rows(s3_cfg.db, version=last["run_id"])) == content(before)
+
+
+@pytest.fixture
+def object_gets(monkeypatch):
+    """Keys of the source objects (under docs/) this process downloaded: every S3 client in
+    the process (Beam's, through botocore) makes its GetObject calls here."""
+    from botocore.client import BaseClient
+
+    gets: list[str] = []
+    call = BaseClient._make_api_call
+
+    def counting(self, operation, params):
+        if operation in ("GetObject", "HeadObject") and params.get("Key", "").startswith("docs/"):
+            gets.append(params["Key"])
+        return call(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", counting)
+    return gets
+
+
+def test_an_unchanged_rerun_downloads_no_object(s3_cfg, s3_bucket, object_gets):
+    time.sleep(RACY_WINDOW_S + 0.5)  # LastModified has whole seconds: a fresh one is racy
+    first = ingest(s3_cfg, s3_bucket)
+    assert first["docs_added"] == len(DOCS) and object_gets  # read and parsed once
+    object_gets.clear()
+    again = ingest(s3_cfg, s3_bucket)
+    assert object_gets == []
+    assert again["docs_skipped"] == len(DOCS)
+    # an edited object is downloaded (hashed, then parsed) and updated; no other one is
+    time.sleep(1.1)
+    upload(s3_bucket, "docs", {"notes/ducks.md": "# Geese\n\nGeese are larger than ducks."})
+    time.sleep(RACY_WINDOW_S + 0.5)
+    object_gets.clear()
+    edited = ingest(s3_cfg, s3_bucket)
+    assert edited["docs_updated"] == 1
+    assert set(object_gets) == {"docs/notes/ducks.md"}
+    # the same bytes uploaded again: read once, skipped, then not read any more
+    time.sleep(1.1)
+    upload(s3_bucket, "docs", {"notes/ducks.md": "# Geese\n\nGeese are larger than ducks."})
+    time.sleep(RACY_WINDOW_S + 0.5)
+    object_gets.clear()
+    reuploaded = ingest(s3_cfg, s3_bucket)
+    assert reuploaded["docs_skipped"] == len(DOCS) and reuploaded["chunks_written"] == 0
+    assert set(object_gets) == {"docs/notes/ducks.md"}
+    object_gets.clear()
+    assert ingest(s3_cfg, s3_bucket)["docs_skipped"] == len(DOCS)
+    assert object_gets == []

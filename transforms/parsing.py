@@ -134,6 +134,7 @@ def parse_document(
         modified_at=ref.modified_at,
         elements=elements,
         metadata=dict(ref.metadata),
+        source_version=ref.source_version,
     )
 
 

@@ -4,7 +4,13 @@ The ledger is the chunks table itself (content hash, settings fingerprint, sourc
 owning namespace stored beside every chunk), read at the version the run started from.
 A document is
 
-- skipped when its content hash and fingerprint are unchanged (not parsed, not embedded),
+- skipped without being read when the source's listing says what the ledger recorded
+  (``source_version``: size and modification time) and the fingerprint is unchanged
+  (``ScreenListing``, before any file is read; the rest are read and hashed),
+- skipped when its content hash and fingerprint are unchanged (not parsed, not embedded);
+  when only its listing metadata changed (a ``touch``, the same bytes uploaded again), the
+  new ``source_version`` is recorded after the commit (``RecordSourceVersions``), so it
+  is not read again on the next run,
 - processed when it is new or changed (``updated`` lists those the table already has),
 - refused (an ``errors`` row, ``NamespaceConflict``) when the table has it under another
   source's namespace: a folder or a topic never replaces another source's document,
@@ -17,6 +23,7 @@ A document is
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -24,8 +31,12 @@ import apache_beam as beam
 
 from freshindex import store
 from freshindex.schemas.records import ErrorRecord, SourceRef
+from freshindex.store.ledger import record_source_versions
+
+log = logging.getLogger(__name__)
 
 PROCESS, SKIPPED, UPDATED, DELETED, ERRORS = "process", "skipped", "updated", "deleted", "errors"
+UNCHANGED, TO_READ, REFRESHED = "unchanged", "to_read", "refreshed"
 NAMESPACE_CONFLICT = "NamespaceConflict"
 
 # Does a stored document's source_uri come from this source? (``SourceSpec.owns``)
@@ -153,6 +164,132 @@ def decide(
     yield PROCESS, ref
 
 
+def screen(
+    refs: list[SourceRef],
+    ledger: list[Sequence],
+    fingerprint: str,
+    owns: Owns | None = None,
+    *,
+    namespace: str | None = None,
+) -> Iterator[tuple[str, SourceRef]]:
+    """Listing-only refs of one doc id -> (UNCHANGED, ref with the stored content hash) when
+    the ledger holds the document with the same ``source_version`` and fingerprint and this
+    source may write it, so it is skipped without being read; (TO_READ, ref) otherwise.
+
+    Anything the screen does not vouch for is read and goes through ``decide`` as before:
+    a document without a ``source_version`` (old rows, a racy listing), a duplicate id,
+    another namespace's document.
+    """
+    entry = ledger_entry(ledger[0]) if ledger else None
+    if (
+        len(refs) == 1
+        and entry is not None
+        and refs[0].source_version is not None
+        and entry.source_version == refs[0].source_version
+        and entry.fingerprint == fingerprint
+        and may_write(entry, namespace, owns)
+    ):
+        yield UNCHANGED, dataclasses.replace(refs[0], content_hash=entry.content_hash)
+        return
+    for ref in refs:
+        yield TO_READ, ref
+
+
+def new_source_version(refs: list[SourceRef], ledger: list[Sequence]):
+    """(doc_id, content_hash, source_version) of a document skipped as unchanged whose
+    listing metadata is not the recorded one (touched, re-uploaded, or first seen with a
+    trusted listing): recording it spares the next run from reading it. None otherwise."""
+    if len(refs) != 1 or not ledger:
+        return None
+    ref, entry = refs[0], ledger_entry(ledger[0])
+    if ref.source_version is None or ref.source_version == entry.source_version:
+        return None
+    return ref.doc_id, entry.content_hash, ref.source_version
+
+
+class _Screen(beam.DoFn):
+    def __init__(self, fingerprint: str, namespace: str | None, owns: Owns | None):
+        self._fingerprint, self._namespace, self._owns = fingerprint, namespace, owns
+
+    def process(self, grouped):
+        _, groups = grouped
+        refs, ledger = list(groups["listed"]), list(groups["ledger"])
+        for tag, ref in screen(
+            refs, ledger, self._fingerprint, self._owns, namespace=self._namespace
+        ):
+            yield ref if tag == TO_READ else beam.pvalue.TaggedOutput(tag, ref)
+
+
+class ScreenListing(beam.PTransform):
+    """{listed, ledger} -> ``to_read`` (refs to read and hash) and ``unchanged`` (refs the
+    ledger vouches for by their listing metadata, with the stored content hash: nothing is
+    read). Both then go through ``PlanChanges`` like any ref, so deletes, ownership and
+    the counts are decided in one place."""
+
+    def __init__(self, fingerprint: str, namespace: str | None, owns: Owns | None):
+        super().__init__()
+        self._fingerprint, self._namespace, self._owns = fingerprint, namespace, owns
+
+    def expand(self, inputs):
+        keyed = inputs["listed"] | "KeyListed" >> beam.Map(lambda r: (r.doc_id, r))
+        grouped = {"listed": keyed, "ledger": inputs["ledger"]} | "JoinLedger" >> (
+            beam.CoGroupByKey()
+        )
+        return grouped | "Screen" >> beam.ParDo(
+            _Screen(self._fingerprint, self._namespace, self._owns)
+        ).with_outputs(UNCHANGED, main=TO_READ)
+
+
+class _RecordSourceVersions(beam.DoFn):
+    def __init__(self, table: TableRef):
+        self._table = table
+
+    def process(self, versions, manifest):
+        # ``manifest`` (the run's runs row) is a side input only so that this runs after
+        # the run's commit, never racing it
+        if not versions:
+            return
+        ref = self._table
+        try:
+            with store.commit_lock(ref.db_uri, ref.table):
+                table = store.open_chunks(store.connect(ref.db_uri), ref.table)
+                recorded = record_source_versions(
+                    table, {doc_id: (content_hash, v) for doc_id, content_hash, v in versions}
+                )
+        except Exception as exc:  # the run's data is committed; this only saves reads
+            # nothing is lost: the documents keep their old source_version, so the next run
+            # reads and hashes them again and retries the recording
+            log.warning(
+                "recording the listing of %d unchanged documents failed: %s", len(versions), exc
+            )
+            return
+        log.info("recorded the new listing metadata of %d unchanged documents", recorded)
+        yield recorded
+
+
+class RecordSourceVersions(beam.PTransform):
+    """(doc_id, content_hash, source_version) of documents skipped as unchanged whose
+    listing metadata changed -> one commit that records the new ``source_version`` on
+    their rows (only where the stored content hash is still the one planned with), after
+    the run's own commit (``manifest``, the runs row, is its side input). Outputs the
+    number of documents recorded."""
+
+    def __init__(self, table: TableRef, manifest):
+        super().__init__()
+        self._table, self._manifest = table, manifest
+
+    def expand(self, refreshed):
+        return (
+            refreshed
+            | "Collect" >> beam.combiners.ToList()
+            | "Record"
+            >> beam.ParDo(
+                _RecordSourceVersions(self._table),
+                manifest=beam.pvalue.AsList(self._manifest),
+            )
+        )
+
+
 def with_source(error: ErrorRecord, **where) -> ErrorRecord:
     """``error`` with the fields that say where it came from (topic, partition, offset)."""
     return dataclasses.replace(error, **where)
@@ -177,12 +314,14 @@ class _Decide(beam.DoFn):
             namespace=self._namespace,
             failed=failed,
         ):
+            if tag == SKIPPED and (refreshed := new_source_version(refs, ledger)):
+                yield beam.pvalue.TaggedOutput(REFRESHED, refreshed)
             yield value if tag == PROCESS else beam.pvalue.TaggedOutput(tag, value)
 
 
 class PlanChanges(beam.PTransform):
     """{refs, ledger[, failed]} -> outputs ``process`` (SourceRef), ``skipped``, ``updated``,
-    ``deleted`` (doc ids) and ``errors``.
+    ``deleted`` (doc ids), ``errors``, and ``refreshed`` (``new_source_version``).
 
     ``failed`` holds (doc_id, None) for documents the source listed but could not read;
     they count as present. ``namespace`` is the namespace the run writes; ``owns`` tells
@@ -202,4 +341,4 @@ class PlanChanges(beam.PTransform):
         grouped = joined | "JoinLedger" >> beam.CoGroupByKey()
         return grouped | "Decide" >> beam.ParDo(
             _Decide(self._fingerprint, self._sync, self._namespace, self._owns)
-        ).with_outputs(SKIPPED, UPDATED, DELETED, ERRORS, main=PROCESS)
+        ).with_outputs(SKIPPED, UPDATED, DELETED, ERRORS, REFRESHED, main=PROCESS)

@@ -3,22 +3,31 @@
 A source is a folder, a glob, or a Beam filesystem URI (local now; gs:// and s3://
 through Beam's filesystems), or a BEIR-style JSONL file of ``{_id, title, text}``
 records, so benchmark corpora ingest through the same pipeline.
+
+Files are read in two steps so that unchanged ones are never downloaded: ``ListSource``
+turns the listing into refs carrying only listing metadata (``source_version``: size and
+modification time), the plan (``freshindex.transforms.plan.ScreenListing``) keeps those the
+ledger already holds with the same metadata, and ``HashFiles`` reads and hashes the rest.
+``ReadSource`` does both steps for every file (``ingest.change_detection: hash``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 import os
 import posixpath
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
+from apache_beam.io.filesystems import FileSystems
 
 from freshindex.errors import SourceError
 from freshindex.schemas.records import ErrorRecord, SourceRef, check_metadata, sha256_hex
@@ -26,6 +35,11 @@ from freshindex.transforms.parse import RECORD_CONTENT_TYPE, content_type_for
 from freshindex.transforms.source_io import inside_root, is_local, open_regular
 
 ERRORS_TAG = "errors"
+# A listing whose modification time is this close to the moment it is listed is not
+# trusted (its source_version is None): a storage with one-second timestamps (S3's
+# LastModified) cannot tell two writes within one second apart, so a file rewritten with
+# the same size right after it was read would look unchanged. git's "racy" rule.
+RACY_WINDOW_S = 2.0
 _GLOB_CHARS = set("*?[")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson")
 
@@ -132,27 +146,28 @@ def _hidden(doc_id: str) -> bool:
     return any(part.startswith(".") for part in doc_id.split("/"))
 
 
-class _RefFromFile(beam.DoFn):
-    """A matched file -> SourceRef with its content hash. A local file is read only if it is
-    a regular file whose real path stays inside the source root
-    (``freshindex.transforms.source_io``):
-    a symlink out of the root or a FIFO becomes an error row, never a read or a hang."""
+def source_version_for(size: int, mtime: float | None, listed_at: float) -> str | None:
+    """The listing metadata a re-run compares instead of the bytes; None when there is none
+    to trust (no modification time, or one within RACY_WINDOW_S of the listing).
+
+    >>> source_version_for(42, 1700000000.5, listed_at=1800000000.0)
+    'size=42;mtime=1700000000.500000'
+    """
+    if not mtime or listed_at - mtime < RACY_WINDOW_S:
+        return None
+    return f"size={size};mtime={mtime:.6f}"
+
+
+class _ListFile(beam.DoFn):
+    """A matched file -> a SourceRef with its listing metadata and no content hash (nothing
+    is read here). Hidden files are left out; unsupported types become error rows."""
 
     def __init__(self, root: str):
         self._root = root
 
-    def setup(self) -> None:
-        self._real_root = os.path.realpath(self._root) if is_local(self._root) else None
-
-    def _open(self, readable: fileio.ReadableFile, doc_id: str):
-        path = readable.metadata.path
-        if self._real_root is None or not is_local(path):
-            return readable.open(compression_type=CompressionTypes.UNCOMPRESSED)
-        real = inside_root(path, self._root, doc_id=doc_id)
-        return open_regular(real, roots=(self._real_root,))
-
-    def process(self, readable: fileio.ReadableFile) -> Iterator[SourceRef]:
-        meta = readable.metadata
+    def process(self, meta) -> Iterator[SourceRef]:
+        if meta.path.endswith(("/", "\\")):  # a folder marker of an object store
+            return
         doc_id = doc_id_for(meta.path, self._root)
         if _hidden(doc_id):
             return
@@ -171,25 +186,51 @@ class _RefFromFile(beam.DoFn):
                 ),
             )
             return
+        mtime = meta.last_updated_in_seconds or None
+        yield SourceRef(
+            doc_id=doc_id,
+            source_uri=meta.path,
+            content_hash="",
+            content_type=content_type,
+            size=meta.size_in_bytes,
+            modified_at=mtime,
+            source_version=source_version_for(meta.size_in_bytes, mtime, time.time()),
+        )
+
+
+class _HashFile(beam.DoFn):
+    """A listed SourceRef -> the same ref with its content hash. A local file is read only
+    if it is a regular file whose real path stays inside the source root
+    (``freshindex.transforms.source_io``): a symlink out of the root or a FIFO becomes an
+    error row, never a read or a hang."""
+
+    def __init__(self, root: str):
+        self._root = root
+
+    def setup(self) -> None:
+        self._real_root = os.path.realpath(self._root) if is_local(self._root) else None
+
+    def _open(self, path: str, doc_id: str):
+        if self._real_root is None or not is_local(path):
+            return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        real = inside_root(path, self._root, doc_id=doc_id)
+        return open_regular(real, roots=(self._real_root,))
+
+    def process(self, ref: SourceRef) -> Iterator[SourceRef]:
         try:
             digest = hashlib.sha256()
-            with self._open(readable, doc_id) as handle:
+            with self._open(ref.source_uri, ref.doc_id) as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
         except Exception as exc:  # unreadable or not allowed: recorded, the run goes on
             yield beam.pvalue.TaggedOutput(
                 ERRORS_TAG,
-                ErrorRecord.from_exception("read", exc, doc_id=doc_id, source_uri=meta.path),
+                ErrorRecord.from_exception(
+                    "read", exc, doc_id=ref.doc_id, source_uri=ref.source_uri
+                ),
             )
             return
-        yield SourceRef(
-            doc_id=doc_id,
-            source_uri=meta.path,
-            content_hash=digest.hexdigest(),
-            content_type=content_type,
-            size=meta.size_in_bytes,
-            modified_at=meta.last_updated_in_seconds or None,
-        )
+        yield dataclasses.replace(ref, content_hash=digest.hexdigest())
 
 
 def ref_from_record(line: str, source_uri: str) -> SourceRef:
@@ -246,8 +287,10 @@ class _RefFromRecord(beam.DoFn):
             )
 
 
-class ReadSource(beam.PTransform):
-    """Source -> SourceRef (``.refs``) and ErrorRecord (``.errors``)."""
+class ListSource(beam.PTransform):
+    """Source -> SourceRef (``.refs``) and ErrorRecord (``.errors``) without reading a file:
+    a file's ref carries its listing metadata and an empty content hash (``HashFiles``
+    fills it in). A JSONL corpus has no per-record listing: its refs are complete."""
 
     def __init__(self, spec: SourceSpec):
         super().__init__()
@@ -260,11 +303,40 @@ class ReadSource(beam.PTransform):
             return lines | "RecordToRef" >> beam.ParDo(_RefFromRecord(spec.raw)).with_outputs(
                 ERRORS_TAG, main="refs"
             )
-        files = (
-            pbegin
-            | "MatchFiles" >> fileio.MatchFiles(spec.pattern, empty_match_treatment="ALLOW")
-            | "ReadMatches" >> fileio.ReadMatches(skip_directories=True)
+        files = pbegin | "MatchFiles" >> fileio.MatchFiles(
+            spec.pattern, empty_match_treatment="ALLOW"
         )
-        return files | "HashFiles" >> beam.ParDo(_RefFromFile(spec.root)).with_outputs(
+        return files | "ListFiles" >> beam.ParDo(_ListFile(spec.root)).with_outputs(
             ERRORS_TAG, main="refs"
         )
+
+
+class HashFiles(beam.PTransform):
+    """Listed file refs -> the same refs with their content hash (``.refs``), and the
+    ``read`` ErrorRecords of files that could not be read (``.errors``)."""
+
+    def __init__(self, root: str):
+        super().__init__()
+        self._root = root
+
+    def expand(self, refs):
+        return refs | "HashFiles" >> beam.ParDo(_HashFile(self._root)).with_outputs(
+            ERRORS_TAG, main="refs"
+        )
+
+
+class ReadSource(beam.PTransform):
+    """Source -> SourceRef with its content hash (``["refs"]``) and ErrorRecord
+    (``["errors"]``): every file is read (``ingest.change_detection: hash``)."""
+
+    def __init__(self, spec: SourceSpec):
+        super().__init__()
+        self._spec = spec
+
+    def expand(self, pbegin):
+        listed = pbegin | "List" >> ListSource(self._spec)
+        if self._spec.kind == "jsonl":
+            return listed
+        hashed = listed.refs | "Hash" >> HashFiles(self._spec.root)
+        errors = (listed.errors, hashed.errors) | "ReadErrors" >> beam.Flatten()
+        return {"refs": hashed.refs, ERRORS_TAG: errors}

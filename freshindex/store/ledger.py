@@ -3,13 +3,15 @@ hash, settings fingerprint, source, owner) and the vectors it already holds."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from freshindex.schemas.predicates import eq, in_list
 from freshindex.schemas.tables import LEDGER_COLUMNS
+from freshindex.store.upgrade import upgrade_chunks
 
 # Lookups by key send at most this many values in one IN list.
 LOOKUP_BATCH = 500
@@ -22,6 +24,8 @@ class LedgerEntry(NamedTuple):
     fingerprint: str
     source_uri: str | None = None
     namespace: str | None = None  # None: written before namespaces (docs/ARCHITECTURE.md)
+    # the listing metadata the document was read with (None: records, messages, old rows)
+    source_version: str | None = None
 
 
 def _ledger_rows(rows: pa.Table) -> dict[str, LedgerEntry]:
@@ -29,21 +33,23 @@ def _ledger_rows(rows: pa.Table) -> dict[str, LedgerEntry]:
     if rows.num_rows == 0:
         return ledger
     columns = {c: rows[c].to_pylist() for c in rows.column_names}
-    namespaces = columns.get("namespace") or [None] * rows.num_rows
-    for doc_id, content_hash, fingerprint, source_uri, namespace in zip(
+    missing = [None] * rows.num_rows
+    for doc_id, content_hash, fingerprint, source_uri, namespace, version in zip(
         columns["doc_id"],
         columns["content_hash"],
         columns["fingerprint"],
         columns["source_uri"],
-        namespaces,
+        columns.get("namespace") or missing,
+        columns.get("source_version") or missing,
         strict=True,
     ):
-        ledger[doc_id] = LedgerEntry(content_hash, fingerprint, source_uri, namespace)
+        ledger[doc_id] = LedgerEntry(content_hash, fingerprint, source_uri, namespace, version)
     return ledger
 
 
 def _ledger_columns(table) -> list[str]:
-    # a table written before the namespace column existed has none: every entry is legacy
+    # a table written before a column existed (namespace, source_version) lacks it: its
+    # entries have None there (legacy owner; no listing metadata, so always read)
     return [c for c in LEDGER_COLUMNS if c in table.schema.names]
 
 
@@ -63,6 +69,39 @@ def ledger_of(table, doc_ids: Iterable[str]) -> dict[str, LedgerEntry]:
         rows = table.search().where(condition.expr()).select(columns).limit(None).to_arrow()
         ledger.update(_ledger_rows(rows))
     return ledger
+
+
+def record_source_versions(table, versions: Mapping[str, tuple[str, str]]) -> int:
+    """Record a new ``source_version`` on the rows of documents whose bytes did not change
+    (doc_id -> (content_hash, source_version)), in one commit; returns the number of
+    documents recorded. A document whose stored content hash is no longer the given one
+    (replaced meanwhile) is left alone. Call under ``commit_lock``.
+    """
+    if not versions:
+        return 0
+    if "source_version" not in table.schema.names:  # a table older than the column
+        upgrade_chunks(table, table.schema.field("vector").type.list_size)
+    names = table.schema.names
+    parts = []
+    wanted = sorted(versions)
+    for start in range(0, len(wanted), LOOKUP_BATCH):
+        condition = in_list("doc_id", wanted[start : start + LOOKUP_BATCH])
+        rows = table.search().where(condition.expr()).select(names).limit(None).to_arrow()
+        doc_ids, hashes = rows["doc_id"].to_pylist(), rows["content_hash"].to_pylist()
+        keep = [versions[d][0] == h for d, h in zip(doc_ids, hashes, strict=True)]
+        rows = rows.filter(pa.array(keep, pa.bool_()))
+        stamped = pa.array([versions[d][1] for d in rows["doc_id"].to_pylist()], pa.string())
+        index = rows.schema.get_field_index("source_version")
+        parts.append(rows.set_column(index, rows.schema.field(index), stamped))
+    merged = pa.concat_tables(parts).select(names)
+    if merged.num_rows == 0:
+        return 0
+    # the content-hash condition is checked by the merge itself: a row replaced by another
+    # writer since it was read here (another content hash) is not overwritten with it
+    merge = table.merge_insert("chunk_id")
+    merge.when_matched_update_all(where="target.content_hash = source.content_hash")
+    merge.execute(merged)
+    return len(set(pc.unique(merged["doc_id"]).to_pylist()))
 
 
 def lookup_vectors(table, text_hashes: Sequence[str], model: str) -> dict[str, Any]:
