@@ -208,3 +208,23 @@ def test_ann_index_meets_the_recall_target_on_the_tables_own_data(tmp_path):
     assert pinned.ann_params["nprobes"] == params["nprobes"]  # the query layer uses the tuning
     small = maintain(db_uri, "docs", dataclasses.replace(cfg, ann_min_rows=10**6))
     assert small.ann["action"] == "exact search"
+
+
+def test_a_commit_matches_columns_by_name_whatever_their_order_in_the_table(tmp_path):
+    """A table upgraded by adding columns holds them at its end; new rows hold them in their
+    pinned place. The commit matches columns by name, so such a table takes new rows."""
+    from freshindex.transforms.write import commit_changes
+
+    rng = np.random.default_rng(0)
+    table = new_table(str(tmp_path / "db"))
+    commit_changes(table, doc_rows("a", "first text", rng))
+    table.drop_columns(["namespace"])
+    table.add_columns({"namespace": "CAST(NULL AS STRING)"})  # now the last column
+    assert table.schema.names[-1] == "namespace"
+    rows = doc_rows("b", "second text", rng)
+    assert rows.schema.names.index("namespace") != len(rows.schema.names) - 1
+    commit_changes(table, rows)
+    assert {r[0] for r in snapshot(table)} == {
+        rows.column("chunk_id")[0].as_py(),
+        doc_rows("a", "first text", np.random.default_rng(0)).column("chunk_id")[0].as_py(),
+    }

@@ -216,7 +216,10 @@ def commit_changes(
             return None
         table.delete(condition)
         return table.version
-    data = data.cast(table.schema) if data.schema != table.schema else data
+    if data.schema != table.schema:
+        # by name, in the table's order: columns added by upgrades (namespace, source_version)
+        # stand at the end of an old table but in their pinned place in new rows
+        data = data.select(table.schema.names).cast(table.schema)
     builder = table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
     if condition is not None:
         builder = builder.when_not_matched_by_source_delete(condition)
