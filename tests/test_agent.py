@@ -78,6 +78,7 @@ def test_calculate_result_always_fits_a_tool_reply():
     assert calculate("round(2.123456, 2)") == 2.12 and calculate("2**64") == 2**64
 
 
+@pytest.mark.slow
 def test_deterministic_planner_answers_each_part_and_combines(tmp_path):
     svc = service(tmp_path)
     started = time.perf_counter()

@@ -351,6 +351,7 @@ def classes_by_doc(cfg, row) -> dict[str, str]:
     return {e["doc_id"]: e["error_class"] for e in errors}
 
 
+@pytest.mark.slow
 def test_known_bad_files_are_skipped_until_their_bytes_or_the_settings_change(fake_cfg, corpus):
     add_known_bad_files(corpus)
     first = ingest(fake_cfg, corpus, max_failure_fraction=0.9)

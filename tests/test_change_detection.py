@@ -95,6 +95,7 @@ def test_an_edited_file_is_read_and_updated(fake_cfg, old_corpus, reads):
     assert {os.path.basename(p) for p in reads} == {"ducks.md"}  # hashed, then parsed
 
 
+@pytest.mark.slow
 def test_a_touched_file_is_read_once_and_skipped(fake_cfg, old_corpus, reads):
     ingest(fake_cfg, old_corpus)
     touched = old_corpus / "notes/ducks.md"
@@ -134,6 +135,7 @@ def test_same_size_and_mtime_is_the_known_limit_and_full_hash_catches_it(
     assert len(reads) == len(DOCS) + 1  # every file hashed, the changed one parsed
 
 
+@pytest.mark.slow
 def test_a_fresh_listing_is_not_trusted(fake_cfg, corpus, reads):
     """Files written moments before the run get no source_version (racy), so they are read
     on the next run, which records it; from then on they are skipped unread."""
@@ -200,6 +202,7 @@ def test_full_hash_flag_sets_change_detection():
         IngestConfig(change_detection="sometimes")
 
 
+@pytest.mark.slow
 def test_a_table_from_before_the_column_is_upgraded_and_read_as_before(fake_cfg, old_corpus, reads):
     """A table written before ``source_version`` existed has no listing to trust: the first
     run reads and hashes every file as before (all skipped), adds the column and records the

@@ -41,6 +41,7 @@ def _take_and_die(bucket: str) -> None:
     os._exit(0)  # dies holding it: no release, no more renewals
 
 
+@pytest.mark.slow
 def test_a_dead_holder_blocks_the_next_one_only_until_its_ttl(s3_bucket):
     ctx = multiprocessing.get_context("spawn")
     dead = ctx.Process(target=_take_and_die, args=(s3_bucket,))
@@ -56,6 +57,7 @@ def test_a_dead_holder_blocks_the_next_one_only_until_its_ttl(s3_bucket):
     nxt.release()
 
 
+@pytest.mark.slow
 def test_a_stalled_holder_cannot_commit_after_its_lease_was_taken(s3_bucket, monkeypatch):
     stalled = lease_for(s3_bucket)
     monkeypatch.setattr(stalled, "_renew", lambda: True)  # a holder frozen past its TTL

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
 import yaml
 from apache_beam.io.filesystem import CompressionTypes, FileMetadata, MatchResult
 from apache_beam.io.localfilesystem import LocalFileSystem
@@ -201,6 +202,7 @@ def layout(folder: Path) -> Path:
     )
 
 
+@pytest.mark.slow
 def test_a_narrower_glob_deletes_nothing_outside_its_pattern(fake_cfg, tmp_path):
     folder = layout(tmp_path / "dir")
     ingest(fake_cfg, folder)
