@@ -53,7 +53,8 @@ from freshindex.store.upkeep import (  # noqa: E402
     measure_recall,
     sample_vectors,
 )
-from freshindex.transforms.write import commit_changes, rows_for  # noqa: E402
+from freshindex.transforms.rows import rows_for  # noqa: E402
+from freshindex.transforms.write import commit_changes  # noqa: E402
 
 DIM = 384
 

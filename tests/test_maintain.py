@@ -21,7 +21,8 @@ from freshindex.store.upkeep import (
     plan_retention,
     sample_vectors,
 )
-from freshindex.transforms.write import commit_changes, rows_for
+from freshindex.transforms.rows import rows_for
+from freshindex.transforms.write import commit_changes
 from tests.conftest import ROOT
 
 DIM = 16

@@ -15,6 +15,7 @@ from freshindex.errors import EmptyDocument
 from freshindex.pipelines.batch import run_ingest
 from freshindex.schemas.records import ErrorRecord, SourceRef
 from freshindex.transforms import process
+from tests.conftest import table_rows
 from tests.test_stream_batch import Topic, indexer_for
 
 RECORDS = {
@@ -22,6 +23,7 @@ RECORDS = {
     "bad-parse": "The parser fails on this one.",
     "bad-chunk": "The chunker fails on this one.",
     "bad-embed": "The embedder fails on this one.",
+    "bad-rows": "Its rows cannot be built.",
 }
 
 
@@ -29,7 +31,7 @@ RECORDS = {
 def faulty_steps(monkeypatch):
     """Each step of the shared path fails for one document, as a bug would."""
     real_parse, real_chunk = process.parse_document, process.chunk_document
-    real_embed = process.embed_documents
+    real_embed, real_rows = process.embed_documents, process.rows_for
 
     def parse_document(ref, *args, **kw):
         if ref.doc_id == "bad-parse":
@@ -46,6 +48,12 @@ def faulty_steps(monkeypatch):
             raise FloatingPointError("embedder bug")
         return real_embed(batch, *args, **kw)
 
+    def rows_for(docs, **kw):
+        if any(d.document.doc_id == "bad-rows" for d in docs):
+            raise OverflowError("row bug")
+        return real_rows(docs, **kw)
+
+    monkeypatch.setattr(process, "rows_for", rows_for)
     monkeypatch.setattr(process, "parse_document", parse_document)
     monkeypatch.setattr(process, "chunk_document", chunk_document)
     monkeypatch.setattr(process, "embed_documents", embed_documents)
@@ -74,10 +82,13 @@ def test_a_failing_step_gives_the_same_error_in_batch_and_stream(fake_cfg, tmp_p
         "bad-parse": ("parse", "RuntimeError", "parser bug", False),
         "bad-chunk": ("chunk", "ValueError", "chunker bug", False),
         "bad-embed": ("embed", "FloatingPointError", "embedder bug", False),
+        "bad-rows": ("write", "OverflowError", "row bug", False),
     }
     assert {e["doc_id"]: _essence(e) for e in batch_errors} == expected
     assert {e["doc_id"]: _essence(e) for e in stream_errors} == expected
-    assert (row["docs_added"], stats.docs_added, stats.docs_failed) == (1, 1, 3)
+    assert (row["docs_added"], stats.docs_added, stats.docs_failed) == (1, 1, 4)
+    assert row["docs_failed"] == 4 and row["status"] == "failed_threshold"  # 4 of 5 failed
+    assert {r["doc_id"] for r in table_rows(batch_cfg.db)} == {"good"}
     # the stream locates its errors at their messages
     assert all(e["topic"] == "docs" and e["offset"] is not None for e in stream_errors)
 

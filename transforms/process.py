@@ -36,8 +36,8 @@ from freshindex.schemas.records import (
 from freshindex.transforms.chunking import chunk_document
 from freshindex.transforms.parse_worker import IsolatedWorker
 from freshindex.transforms.parsing import max_file_bytes, parse_document, read_bytes
+from freshindex.transforms.rows import rows_for
 from freshindex.transforms.vectors import VectorReuse, embed_documents
-from freshindex.transforms.write import rows_for
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def rows(
 ) -> tuple[pa.Table | None, list[EmbeddedDocument], list[ErrorRecord]]:
     """(Arrow rows of the chunks table, the documents they hold, errors): a document whose
     rows cannot be built is a ``write`` ErrorRecord and the others are written.
-    ``row_settings``: the keyword arguments of ``freshindex.transforms.write.rows_for``."""
+    ``row_settings``: the keyword arguments of ``freshindex.transforms.rows.rows_for``."""
     docs = list(docs)
     if not docs:
         return None, [], []

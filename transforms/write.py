@@ -25,12 +25,10 @@ A run that dies before the commit leaves the table as it was; the next run redoe
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,8 +43,9 @@ from freshindex.config import CommitConfig
 from freshindex.schemas.bookkeeping import RunRecord
 from freshindex.schemas.predicates import in_list
 from freshindex.schemas.records import KNOWN_BAD, EmbeddedDocument, ErrorRecord
-from freshindex.schemas.tables import chunks_schema
 from freshindex.transforms.plan import Owns, TableRef, may_write, namespace_conflict
+from freshindex.transforms.process import rows as rows_isolated
+from freshindex.transforms.rows import utc_time
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +56,9 @@ SUCCEEDED, FAILED_THRESHOLD, REFUSED_MASS_DELETE = (
     "refused_mass_delete",
 )
 DELETES_WITHHELD, MASS_DELETE_REFUSED = "DeletesWithheld", "MassDeleteRefused"
+
+
+STAGE_ERRORS = "errors"  # the stage step's tagged output of ErrorRecords
 
 
 @dataclass(frozen=True)
@@ -102,63 +104,6 @@ class CommitResult:
     docs_written: set[str] = field(default_factory=set)
     docs_deleted: int = 0
     rows: int = 0
-
-
-def _ts(epoch: float | None) -> dt.datetime | None:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC) if epoch else None
-
-
-def rows_for(
-    docs: Sequence[EmbeddedDocument],
-    *,
-    fingerprint: str,
-    model: str,
-    run_id: str,
-    dim: int,
-    namespace: str | Mapping[str, str] | None = None,
-) -> pa.Table:
-    """Arrow rows of the chunks table for ``docs`` (the pinned schema, vectors float32).
-
-    ``namespace``: the owning namespace of every document, or doc_id -> namespace.
-    """
-    now = store.utcnow()
-    cols: dict[str, list] = {name: [] for name in chunks_schema(dim).names}
-    vectors = []
-    for d in docs:
-        doc = d.document
-        meta = json.dumps(doc.metadata, sort_keys=True, default=str) if doc.metadata else None
-        owner = namespace.get(doc.doc_id) if isinstance(namespace, Mapping) else namespace
-        for chunk in d.chunks:
-            cols["chunk_id"].append(chunk.chunk_id)
-            cols["doc_id"].append(doc.doc_id)
-            cols["chunk_index"].append(chunk.chunk_index)
-            cols["text"].append(chunk.text)
-            cols["text_hash"].append(chunk.text_hash)
-            cols["token_count"].append(chunk.token_count)
-            cols["title"].append(doc.title)
-            cols["section"].append(chunk.section)
-            cols["page_number"].append(chunk.page_number)
-            cols["source_uri"].append(doc.source_uri)
-            cols["content_type"].append(doc.content_type)
-            cols["content_hash"].append(doc.content_hash)
-            cols["modified_at"].append(_ts(doc.modified_at))
-            cols["fingerprint"].append(fingerprint)
-            cols["embedding_model"].append(model)
-            cols["metadata"].append(meta)
-            cols["run_id"].append(run_id)
-            cols["indexed_at"].append(now)
-            cols["namespace"].append(owner)
-            cols["source_version"].append(doc.source_version)
-        vectors.append(np.asarray(d.vectors, dtype=np.float32).reshape(len(d.chunks), dim))
-    flat = np.concatenate(vectors).reshape(-1) if vectors else np.zeros(0, np.float32)
-    schema = chunks_schema(dim)
-    arrays = []
-    for f in schema:
-        if f.name == "vector":
-            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim))
-        else:
-            arrays.append(pa.array(cols[f.name], f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def stage_rows(table: pa.Table, staging_uri: str) -> str:
@@ -228,6 +173,10 @@ def commit_changes(
 
 
 class _StageFn(beam.DoFn):
+    """A batch of embedded documents -> one staged Parquet file of their rows. A document
+    whose rows cannot be built is its ``write`` ErrorRecord (``ERRORS``); the others are
+    staged (``freshindex.transforms.process.rows``, the path the stream takes too)."""
+
     def __init__(self, spec: RunSpec):
         self._spec = spec
 
@@ -235,7 +184,7 @@ class _StageFn(beam.DoFn):
         if not batch:
             return
         dim = int(np.asarray(batch[0].vectors).shape[1])
-        table = rows_for(
+        table, kept, errors = rows_isolated(
             batch,
             fingerprint=self._spec.fingerprint,
             model=self._spec.model,
@@ -243,13 +192,17 @@ class _StageFn(beam.DoFn):
             dim=dim,
             namespace=self._spec.namespace,
         )
+        for error in errors:
+            yield beam.pvalue.TaggedOutput(STAGE_ERRORS, error)
+        if table is None:
+            return
         path = stage_rows(table, self._spec.staging_uri)
         yield StagedBatch(
             path=path,
-            doc_ids=tuple(d.document.doc_id for d in batch),
+            doc_ids=tuple(d.document.doc_id for d in kept),
             rows=table.num_rows,
-            embedded=sum(d.embedded for d in batch),
-            reused=sum(d.reused for d in batch),
+            embedded=sum(d.embedded for d in kept),
+            reused=sum(d.reused for d in kept),
         )
 
 
@@ -427,7 +380,7 @@ def commit_run(
         source=spec.source,
         settings=spec.settings,
         status=status,
-        started_at=_ts(spec.started_at),
+        started_at=utc_time(spec.started_at),
         finished_at=store.utcnow(),
         docs_seen=docs_seen,
         docs_skipped=docs_skipped,
@@ -478,14 +431,17 @@ class WriteToIndex(beam.PTransform):
 
     def expand(self, embedded):
         errors, deleted, updated, docs_seen, docs_skipped = self._side
-        staged = (
+        stage = (
             embedded
             | "BatchForStaging"
             >> beam.BatchElements(
                 min_batch_size=self._docs_per_file, max_batch_size=self._docs_per_file
             )
-            | "StageRows" >> beam.ParDo(_StageFn(self._spec))
+            | "StageRows"
+            >> beam.ParDo(_StageFn(self._spec)).with_outputs(STAGE_ERRORS, main="staged")
         )
+        staged = stage.staged
+        errors = (errors, stage[STAGE_ERRORS]) | "WithStageErrors" >> beam.Flatten()
         return (
             embedded.pipeline
             | "CommitTrigger" >> beam.Create([None])
