@@ -227,11 +227,18 @@ def test_the_cli_and_the_pipeline_module_read_stream_flags_alike(fake_cfg):
 
 
 def test_stream_config_defaults_environment_and_validation(fake_cfg, monkeypatch):
-    cfg = stream_config(fake_cfg, topics="a, b", environ={"KAFKA_BOOTSTRAP_SERVERS": "k:1"})
+    from freshindex.config import load_config
+
+    # the environment reaches the stream through the settings' environment layer
+    from_env = load_config(
+        overrides={"db": fake_cfg.db}, environ={"KAFKA_BOOTSTRAP_SERVERS": "k:1"}
+    )
+    cfg = stream_config(from_env, topics="a, b")
     assert cfg.kafka.topics == ("a", "b") and cfg.kafka.bootstrap_servers == "k:1"
     assert cfg.kafka.group_id == "freshindex-docs" and cfg.batch_interval_s == 0.5
-    assert stream_config(fake_cfg, topics="a", environ={}).kafka.bootstrap_servers == (
-        "localhost:9092"
+    assert stream_config(fake_cfg, topics="a").kafka.bootstrap_servers == "localhost:9092"
+    assert stream_config(from_env, topics="a", bootstrap_servers="f:2").kafka.bootstrap_servers == (
+        "f:2"  # a flag wins over the environment
     )
     with pytest.raises(ConfigError, match="python reader"):
         stream_config(fake_cfg, topics="a", reader="xlang", stop_at_end=True)

@@ -5,7 +5,6 @@ The table, model and chunking are in ``freshindex.config.Config``."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -68,21 +67,17 @@ def stream_config(
     group_id: str | None = None,
     start_offset: str | None = None,
     client_options: Sequence[str] | None = None,
-    environ: dict[str, str] | None = None,
     **settings: Any,
 ) -> StreamConfig:
     """A validated StreamConfig: arguments (flags), then the config's ``stream:`` section
     (itself defaults < file < environment, e.g. KAFKA_BOOTSTRAP_SERVERS). ``settings`` are
     StreamConfig fields (None values are ignored, so unset flags keep the section's values)."""
-    env = os.environ if environ is None else environ
     section = cfg.stream
     if isinstance(topics, str):
         topics = [topics]
     topics = [t.strip() for value in topics for t in value.split(",")]
     kafka = KafkaSpec(
-        bootstrap_servers=bootstrap_servers
-        or env.get("KAFKA_BOOTSTRAP_SERVERS")
-        or section.bootstrap_servers,
+        bootstrap_servers=bootstrap_servers or section.bootstrap_servers,
         topics=tuple(t for t in topics if t),
         group_id=group_id or section.group_id_for(cfg.table),
         start_offset=start_offset or section.start_offset,
