@@ -120,7 +120,9 @@ def build_ingest(
         docs_skipped=plan.skipped | "CountSkipped" >> beam.combiners.Count.Globally(),
         docs_per_file=cfg.ingest.docs_per_batch * 4,
     )
-    _ = plan.refreshed | "RecordSourceVersions" >> RecordSourceVersions(run.table, manifest)
+    _ = plan.refreshed | "RecordSourceVersions" >> RecordSourceVersions(
+        run.table, manifest, run.commit
+    )
     return manifest
 
 
@@ -191,9 +193,7 @@ def run_ingest(
     pipeline = beam.Pipeline(options=options)
     build_ingest(pipeline, cfg, spec, run, retry_failed)
     pipeline.run().wait_until_finish()
-    rows = [
-        r for r in store.read_runs(store.connect(cfg.db), cfg.table) if r["run_id"] == run.run_id
-    ]
+    rows = store.read_runs(store.connect(cfg.db), cfg.table, run_id=run.run_id)
     if not rows:
         raise RuntimeError(f"run {run.run_id} finished without recording its manifest")
     row = rows[0]

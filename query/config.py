@@ -496,7 +496,7 @@ flags. Secrets are never written in a file, only the environment variable that h
 as ${NAME} (api_key: ${NAME}); other text settings may use ${NAME} and ${NAME:-default}."""
 
 
-def query_config_from_dict(raw: dict[str, Any], environ: dict[str, str] | None = None):
+def query_config_from_dict(raw: dict[str, Any]):
     """A validated QueryConfig from a mapping in file form."""
     return validate(QueryConfig, raw)
 

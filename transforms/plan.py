@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 
 from freshindex import store
+from freshindex.config import CommitConfig
 from freshindex.schemas.records import ErrorRecord, SourceRef
 from freshindex.store.ledger import record_source_versions
 
@@ -241,8 +242,8 @@ class ScreenListing(beam.PTransform):
 
 
 class _RecordSourceVersions(beam.DoFn):
-    def __init__(self, table: TableRef):
-        self._table = table
+    def __init__(self, table: TableRef, commit: CommitConfig | None):
+        self._table, self._commit = table, commit
 
     def process(self, versions, manifest):
         # ``manifest`` (the run's runs row) is a side input only so that this runs after
@@ -251,8 +252,9 @@ class _RecordSourceVersions(beam.DoFn):
             return
         ref = self._table
         try:
-            with store.commit_lock(ref.db_uri, ref.table):
+            with store.commit_lock(ref.db_uri, ref.table, self._commit) as lease:
                 table = store.open_chunks(store.connect(ref.db_uri), ref.table)
+                store.check_held(lease)  # like every commit under the lock
                 recorded = record_source_versions(
                     table, {doc_id: (content_hash, v) for doc_id, content_hash, v in versions}
                 )
@@ -274,9 +276,9 @@ class RecordSourceVersions(beam.PTransform):
     the run's own commit (``manifest``, the runs row, is its side input). Outputs the
     number of documents recorded."""
 
-    def __init__(self, table: TableRef, manifest):
+    def __init__(self, table: TableRef, manifest, commit: CommitConfig | None = None):
         super().__init__()
-        self._table, self._manifest = table, manifest
+        self._table, self._manifest, self._commit = table, manifest, commit
 
     def expand(self, refreshed):
         return (
@@ -284,7 +286,7 @@ class RecordSourceVersions(beam.PTransform):
             | "Collect" >> beam.combiners.ToList()
             | "Record"
             >> beam.ParDo(
-                _RecordSourceVersions(self._table),
+                _RecordSourceVersions(self._table, self._commit),
                 manifest=beam.pvalue.AsList(self._manifest),
             )
         )

@@ -31,8 +31,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from freshindex.errors import SourceError
 from freshindex.schemas.records import ErrorRecord, SourceRef, check_metadata, sha256_hex
+from freshindex.store.connection import is_local
 from freshindex.transforms.parse import RECORD_CONTENT_TYPE, content_type_for
-from freshindex.transforms.source_io import inside_root, is_local, open_regular
+from freshindex.transforms.source_io import inside_root, open_regular
 
 ERRORS_TAG = "errors"
 # A listing whose modification time is this close to the moment it is listed is not

@@ -17,16 +17,13 @@ from typing import BinaryIO
 
 from freshindex.config import PSEUDO_FILESYSTEMS
 from freshindex.errors import DocumentError, UnsupportedFormat
+from freshindex.store.connection import is_local
 
 
 class SourceNotAllowed(DocumentError):
     """A path or URI outside what the pipeline may read (a prefix, the source root)."""
 
     stage = "read"
-
-
-def is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
 
 
 def _local_path(uri: str) -> str:

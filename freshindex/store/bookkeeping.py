@@ -80,8 +80,13 @@ def append_run(db, row: RunRecord | Mapping[str, Any]) -> None:
     append_records(db, [row if isinstance(row, RunRecord) else RunRecord.from_dict(row)])
 
 
-def read_runs(db, table_name: str | None = None) -> list[dict[str, Any]]:
-    condition = None if table_name is None else eq("table_name", table_name)
+def read_runs(
+    db, table_name: str | None = None, *, run_id: str | None = None
+) -> list[dict[str, Any]]:
+    condition = and_(
+        None if table_name is None else eq("table_name", table_name),
+        None if run_id is None else eq("run_id", run_id),
+    )
     rows = _read(db, RUNS_TABLE, condition)
     return sorted(rows, key=lambda r: r["started_at"] or utcnow())
 
