@@ -108,7 +108,7 @@ def parse_document(
             raise CorruptDocument(f"no bytes read for {ref.source_uri}", doc_id=ref.doc_id)
         if len(data) == 0:
             raise EmptyDocument("the file is empty (0 bytes)", doc_id=ref.doc_id)
-        if len(data) > cfg.max_file_mb * 1024 * 1024:
+        if len(data) > max_file_bytes(cfg):
             raise UnsupportedFormat(
                 f"the file is {len(data) / 1e6:.1f} MB, over parsing.max_file_mb",
                 doc_id=ref.doc_id,

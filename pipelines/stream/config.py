@@ -91,14 +91,8 @@ def stream_config(
     section = dataclasses.replace(
         section, **{k: settings.pop(k) for k in list(settings) if k in section_fields}
     )
-    for name in (
-        "batch_interval_s",
-        "max_batch_messages",
-        "max_message_bytes",
-        "dead_letter_topic",
-        "allow_uri_messages",
-        "allowed_uri_prefixes",
-    ):
+    # the fields StreamConfig shares with the section come from it, whatever they are
+    for name in section_fields & {f.name for f in dataclasses.fields(StreamConfig)}:
         settings[name] = getattr(section, name)
     return StreamConfig(kafka=kafka, **settings)
 

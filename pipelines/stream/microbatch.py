@@ -146,15 +146,18 @@ class BatchIndexer:
 
     # -- errors, located at their message ------------------------------------------------
 
-    def _at(self, record: KafkaRecord, error: ErrorRecord) -> ErrorRecord:
-        """``error`` located at ``record`` (where it came from: topic, partition, offset)."""
+    def _at(
+        self, record: KafkaRecord, error: ErrorRecord, *, keep_source: bool = False
+    ) -> ErrorRecord:
+        """``error`` located at ``record`` (where it came from: topic, partition, offset);
+        ``keep_source`` keeps a ``source_uri`` the error already names."""
         # a message that quotes the input may hold text UTF-8 cannot store (lone surrogates):
         # the errors table and the dead-letter headers must take it whatever it says
         message = error.message.encode("utf-8", "backslashreplace").decode("utf-8")
         return with_source(
             error,
             message=message,
-            source_uri=record.where,
+            source_uri=(error.source_uri if keep_source else None) or record.where,
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
@@ -198,7 +201,7 @@ class BatchIndexer:
             if entry is not None and not may_write(entry, namespace, owns):
                 action = "delete" if msg.op == DELETE else "replace"
                 refused = namespace_conflict(msg.doc_id, entry, namespace, action, None)
-                errors.append((msg.record, self._located(refused, msg.record)))
+                errors.append((msg.record, self._at(msg.record, refused, keep_source=True)))
                 continue
             if msg.op == DELETE:
                 if entry is not None:
@@ -231,17 +234,8 @@ class BatchIndexer:
                 elif tag == PROCESS:
                     to_process.append((msg, ref, data))
                 elif tag == ERRORS:
-                    errors.append((msg.record, self._located(value, msg.record)))
+                    errors.append((msg.record, self._at(msg.record, value, keep_source=True)))
         return deletes, updated, to_process
-
-    def _located(self, error: ErrorRecord, record: KafkaRecord) -> ErrorRecord:
-        return with_source(
-            error,
-            source_uri=error.source_uri or record.where,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-        )
 
     def _process(self, to_process, version, errors):
         """(rows, the documents they hold) for the planned upserts, through the one
