@@ -371,8 +371,16 @@ class StreamingConfig:
     dead_letter_topic: Str | None = Field(
         None, description="a topic that receives messages that failed; null: none"
     )
+    membership: Str = Field(
+        "all",
+        description="all: this process reads every partition; group: it joins the consumer "
+        "group and reads the partitions the group assigns it (several processes share the "
+        "topics; docs/STREAMING.md)",
+    )
 
     def __post_init__(self) -> None:
+        if self.membership not in ("all", "group"):
+            raise ConfigError(f"stream.membership must be all or group, got {self.membership!r}")
         prefixes = tuple(normalize_uri_prefix(p) for p in self.allowed_uri_prefixes)
         object.__setattr__(self, "allowed_uri_prefixes", prefixes)
         if self.allow_uri_messages and not prefixes:

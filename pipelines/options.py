@@ -88,6 +88,13 @@ class StreamOptions(PipelineOptions):
         parser.add_argument("--topics", default=None, help="comma-separated topics to index")
         parser.add_argument("--group_id", default=None, help="default: freshindex-<table>")
         parser.add_argument(
+            "--membership",
+            choices=("all", "group"),
+            default=None,
+            help="all: read every partition; group: join the consumer group and share the "
+            "partitions with the other processes of the group",
+        )
+        parser.add_argument(
             "--start_offset",
             choices=("earliest", "latest"),
             default=None,

@@ -551,3 +551,42 @@ def test_a_dead_letter_that_cannot_be_sent_is_recorded_and_the_batch_goes_on(fak
     stages = sorted(e["stage"] for e in store.read_errors(store.connect(fake_cfg.db), run_id="r1"))
     assert stages == ["dead_letter", "decode"]
     assert progress.positions == {("docs", 0): 2}
+
+
+def test_lost_partitions_are_those_recorded_past_the_batch_start():
+    from freshindex.pipelines.stream.offsets import lost_partitions
+
+    claimed = {("docs", 0): 10, ("docs", 1): 5, ("docs", 2): None, ("docs", 3): 7}
+    recorded = {("docs", 0): 10, ("docs", 1): 9, ("docs", 2): 40, ("docs", 3): 3}
+    # 0: this process's own progress; 1: someone went on; 2: unknown start (Java reader);
+    # 3: the start came from Kafka's committed offset, ahead of the table's record
+    assert lost_partitions(claimed, recorded) == {("docs", 1): (5, 9)}
+    assert lost_partitions({("docs", 4): 0}, recorded) == {}
+
+
+def test_a_process_that_lost_its_partitions_commits_nothing(fake_cfg):
+    """Two processes read the same partition from offset 0 (a rebalance moved it while the
+    first was still working): the one that records first wins; the other's batch, stale
+    now, is refused under the commit lock and leaves no trace in the table."""
+    from freshindex.pipelines.stream.offsets import PartitionsLost
+
+    topic = Topic(partitions=1)
+    topic.send("a", text="alpha first")
+    old = topic.polls()
+    topic.send("a", text="alpha second")
+    topic.send("b", text="beta")
+    stale, stale_progress = indexer_for(fake_cfg, topic, run_id="zombie")
+    owner, owner_progress = indexer_for(fake_cfg, topic, run_id="owner")
+
+    owner.index(topic.polls(), owner_progress)
+    version = store.connect(fake_cfg.db).open_table(fake_cfg.table).version
+    with pytest.raises(PartitionsLost) as lost:
+        stale.index(old, stale_progress)
+
+    assert lost.value.lost == {("docs", 0): (0, 3)}
+    assert stale_progress.positions == {("docs", 0): 0}  # not advanced
+    assert store.connect(fake_cfg.db).open_table(fake_cfg.table).version == version
+    texts = {r["doc_id"]: r["text"] for r in table_rows(fake_cfg.db)}
+    assert "alpha second" in texts["a"] and set(texts) == {"a", "b"}
+    runs = {b["run_id"] for b in store.read_stream_batches(store.connect(fake_cfg.db))}
+    assert runs == {"owner"}

@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -235,15 +235,23 @@ class PartitionStart:
 
 
 def resolve_start_offsets(
-    spec: KafkaSpec, recorded: dict[tuple[str, int], int], *, stop_at_end: bool = False
+    spec: KafkaSpec,
+    recorded: dict[tuple[str, int], int],
+    *,
+    stop_at_end: bool = False,
+    partitions: Collection[tuple[str, int]] | None = None,
 ) -> list[PartitionStart]:
     """Where each partition resumes: max(group's committed offset, offset recorded with the
-    table's commits); else ``spec.start_offset``. Never before the oldest record kept."""
+    table's commits); else ``spec.start_offset``. Never before the oldest record kept.
+    ``partitions``: only these (a group member's assignment); None: every partition."""
     from kafka import TopicPartition
 
     offsets = KafkaOffsets(spec)
     try:
-        tps = [TopicPartition(t, p) for t in spec.topics for p in offsets.partitions(t)]
+        if partitions is None:
+            tps = [TopicPartition(t, p) for t in spec.topics for p in offsets.partitions(t)]
+        else:
+            tps = [TopicPartition(t, p) for t, p in sorted(partitions)]
         committed = offsets.committed(tps)
         beginning = offsets.beginning(tps)
         need_end = stop_at_end or spec.start_offset == "latest"

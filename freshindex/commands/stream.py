@@ -153,6 +153,12 @@ def register_cli(subparsers) -> None:
         "--group", "--group-id", dest="group_id", help="consumer group; default freshindex-<table>"
     )
     p.add_argument(
+        "--membership",
+        choices=("all", "group"),
+        help="all (default): read every partition; group: join the consumer group and share "
+        "its partitions with the group's other stream processes",
+    )
+    p.add_argument(
         "--start-offset",
         choices=("earliest", "latest"),
         help="for partitions without committed offsets (default earliest)",

@@ -28,6 +28,8 @@ class StreamConfig:
     dead_letter_topic: str | None
     allow_uri_messages: bool
     allowed_uri_prefixes: tuple[str, ...]
+    # all: this process reads every partition; group: a member of the consumer group
+    membership: str = "all"
     # the run's own, from flags
     stop_at_end: bool = False  # index what the topics hold at start, then stop
     duration_s: float | None = None  # stop after this long
@@ -49,6 +51,11 @@ class StreamConfig:
             raise ConfigError(f"duration_s must be positive, got {self.duration_s}")
         if self.reader not in ("python", "xlang"):
             raise ConfigError(f"kafka_reader must be python or xlang, got {self.reader!r}")
+        if self.reader == "xlang" and self.membership == "group":
+            raise ConfigError(
+                "stream.membership: group needs the python reader",
+                hint="the Java reader joins no group here; run one process with it",
+            )
         if self.reader == "xlang" and self.stop_at_end:
             raise ConfigError(
                 "--stop_at_end needs the python reader",
@@ -119,6 +126,7 @@ def stream_config_from_flags(cfg: Config, flags: Any) -> StreamConfig:
         allowed_uri_prefixes=flags.allowed_uri_prefix,
         namespace=getattr(flags, "stream_namespace", None),
         gap_wait_s=getattr(flags, "gap_wait_s", None),
+        membership=getattr(flags, "membership", None),
     )
 
 
@@ -131,6 +139,7 @@ class StreamRun:
     stream: StreamConfig
     starts: tuple[PartitionStart, ...]
     started_at: float
+    first_batch: int = 0  # batches the run committed before this pipeline (a group member)
 
     @property
     def group_id(self) -> str:

@@ -34,7 +34,12 @@ from freshindex import store
 from freshindex.pipelines.batch import run_settings
 from freshindex.pipelines.stream.config import StreamRun
 from freshindex.pipelines.stream.messages import message_source
-from freshindex.pipelines.stream.offsets import Progress, initial_progress
+from freshindex.pipelines.stream.offsets import (
+    PartitionsLost,
+    Progress,
+    initial_progress,
+    lost_partitions,
+)
 from freshindex.runtime import prepare_offline
 from freshindex.schemas.bookkeeping import StreamBatchRecord
 from freshindex.schemas.messages import (
@@ -137,7 +142,7 @@ class BatchIndexer:
         self._highwater: dict[tuple[str, int], int] = {}
 
     def initial_progress(self) -> Progress:
-        return initial_progress(self._run.starts)
+        return initial_progress(self._run.starts, self._run.first_batch)
 
     def _table(self):
         if self._cfg.table not in store.table_names(self._db):
@@ -259,40 +264,49 @@ class BatchIndexer:
 
     # -- the durable steps, in order -------------------------------------------------------
 
+    def check_ownership(self, claimed: dict[tuple[str, int], int | None]) -> None:
+        """Under the commit lock: raise ``PartitionsLost`` unless every partition this batch
+        read is still where this process left it (the largest offset recorded with the
+        table's commits for the group equals the batch's start). Another member that took
+        the partition over in a rebalance has recorded further: this batch is stale."""
+        recorded = store.read_stream_offsets(self._db, self._cfg.table, self._run.group_id)
+        lost = lost_partitions(claimed, recorded)
+        if lost:
+            raise PartitionsLost(self._run.group_id, lost)
+
     def commit_chunks(
-        self, stats: BatchStats, data: pa.Table | None, written: set[str], deletes, version
-    ) -> int | None:
-        """1. The one commit: upserts by chunk id, stale chunks of replaced documents and
-        deleted documents removed in the same version; returns the table version after it."""
+        self, stats: BatchStats, data: pa.Table | None, written: set[str], deletes, lease
+    ) -> int:
+        """2. The one commit: upserts by chunk id, stale chunks of replaced documents and
+        deleted documents removed in the same version; returns the table version after it.
+        Called under the commit lock (``lease``: the S3 lease, or None)."""
         cfg = self._cfg
-        if data is None and not deletes:
-            return version
-        with store.commit_lock(cfg.db, cfg.table, cfg.commit) as lease:
-            table = store.open_or_create_chunks(
-                self._db,
-                cfg.table,
-                dim=self._embedder.dim,
-                model=cfg.embedding.model,
-                settings=self._settings,
-            )
-            # every written document is replaced, not only those the ledger knew: a batch
-            # run may have added one since the ledger was read
-            store.check_held(lease)  # a holder that stalled past its TTL never commits
-            committed = commit_changes(table, data, replace_docs=written, delete_docs=deletes)
-            store.verify_commit(
-                self._db,
-                cfg.table,
-                committed,
-                chunk_ids=[] if data is None else data["chunk_id"].to_pylist(),
-                replaced_docs=written,
-                deleted_docs=deletes,
-            )
-            stats.lease_token = store.token_of(lease)
-            store.refresh_fts_index(table)  # index upkeep; creates missing indexes
-            return table.version
+        table = store.open_or_create_chunks(
+            self._db,
+            cfg.table,
+            dim=self._embedder.dim,
+            model=cfg.embedding.model,
+            settings=self._settings,
+        )
+        # every written document is replaced, not only those the ledger knew: a batch
+        # run may have added one since the ledger was read
+        store.check_held(lease)  # a holder that stalled past its TTL never commits
+        committed = commit_changes(table, data, replace_docs=written, delete_docs=deletes)
+        store.verify_commit(
+            self._db,
+            cfg.table,
+            committed,
+            chunk_ids=[] if data is None else data["chunk_id"].to_pylist(),
+            replaced_docs=written,
+            deleted_docs=deletes,
+        )
+        stats.lease_token = store.token_of(lease)
+        store.refresh_fts_index(table)  # index upkeep; creates missing indexes
+        return table.version
 
     def _report_errors(self, errors: list[tuple[KafkaRecord, ErrorRecord]]) -> None:
-        """2. Bad messages: dead-letter topic, errors table (both before the offsets move)."""
+        """1. Bad messages: dead-letter topic, errors table (both before the offsets move;
+        a batch that is then not committed reports them again when it is re-read)."""
         if self._dead_letters is not None and errors:
             for record, error in list(errors):
                 # a failed send stays in errors; the batch goes on
@@ -305,7 +319,8 @@ class BatchIndexer:
         store.append_errors(self._db, self._run.run_id, self._cfg.table, [e for _, e in errors])
 
     def record_batch(self, stats: BatchStats, progress: Progress, committed_at: dt.datetime):
-        """3a. The batch's offsets, recorded in the table's ledger beside its commit."""
+        """3. The batch's offsets, recorded in the table's ledger beside its commit (under
+        the same hold of the commit lock, so the next holder's ownership check sees them)."""
         record = StreamBatchRecord(
             **dataclasses.asdict(stats),
             run_id=self._run.run_id,
@@ -320,7 +335,7 @@ class BatchIndexer:
         store.append_stream_batch(self._db, record)
 
     def commit_offsets(self, progress: Progress, version: int | None) -> None:
-        """3b. The offsets committed to Kafka, after the table holds them."""
+        """4. The offsets committed to Kafka, after the table holds them."""
         if self._kafka is None:
             return
         try:
@@ -329,7 +344,9 @@ class BatchIndexer:
             log.warning("committing offsets to Kafka failed (recorded in the table): %s", exc)
 
     def index(self, polls: Sequence[PollBatch], progress: Progress) -> BatchStats:
-        """Apply one micro-batch and commit its offsets; ``progress`` is advanced in place."""
+        """Apply one micro-batch and commit its offsets; ``progress`` is advanced in place
+        once the batch is recorded. Raises ``PartitionsLost`` (nothing committed) when
+        another process has indexed past where this one read."""
         started = time.monotonic()
         stats = BatchStats(batch_seq=progress.batches + 1)
         records = [r for poll in polls for r in poll.records]
@@ -343,22 +360,19 @@ class BatchIndexer:
         deletes, updated, to_process = self._plan(latest, table, stats, errors)
         data, embedded = self._process(to_process, version_before, errors)
         written = {d.document.doc_id for d in embedded}
-
-        version = self.commit_chunks(stats, data, written, deletes, version_before)
-        committed_at = store.utcnow()
         self._report_errors(errors)
 
+        claimed = {
+            (p.topic, p.partition): progress.positions.get((p.topic, p.partition)) for p in polls
+        }
+        after = Progress(positions=dict(progress.positions), batches=stats.batch_seq)
         for poll in polls:
             key = (poll.topic, poll.partition)
-            progress.positions[key] = max(progress.positions.get(key, 0), poll.end)
+            after.positions[key] = max(after.positions.get(key, 0), poll.end)
             if poll.highwater is not None:
                 self._highwater[key] = max(self._highwater.get(key, 0), poll.highwater)
-        progress.batches = stats.batch_seq
-        now_ms = committed_at.timestamp() * 1000
-        stats.freshness_ms = [max(0, int(now_ms - r.timestamp_ms)) for r in records]
         stats.lag = sum(
-            max(0, high - progress.positions.get(key, high))
-            for key, high in self._highwater.items()
+            max(0, high - after.positions.get(key, high)) for key, high in self._highwater.items()
         )
         stats.docs_failed = len({(r.topic, r.partition, r.offset) for r, _ in errors})
         stats.docs_deleted = len(deletes)
@@ -367,9 +381,27 @@ class BatchIndexer:
         stats.chunks_embedded = sum(d.embedded for d in embedded)
         stats.chunks_reused = sum(d.reused for d in embedded)
         stats.chunks_written = 0 if data is None else data.num_rows
-        stats.table_version = version
-        stats.duration_ms = int((time.monotonic() - started) * 1000)
-        self.record_batch(stats, progress, committed_at)
+
+        def finish(version: int | None) -> None:
+            committed_at = store.utcnow()
+            now_ms = committed_at.timestamp() * 1000
+            stats.freshness_ms = [max(0, int(now_ms - r.timestamp_ms)) for r in records]
+            stats.table_version = version
+            stats.duration_ms = int((time.monotonic() - started) * 1000)
+            self.record_batch(stats, after, committed_at)
+
+        if data is None and not deletes:
+            # nothing to commit: the record only moves offsets forward (a stale one from a
+            # process that lost the partition never moves them back: the largest wins)
+            version = version_before
+            finish(version)
+        else:
+            cfg = self._cfg
+            with store.commit_lock(cfg.db, cfg.table, cfg.commit) as lease:
+                self.check_ownership(claimed)
+                version = self.commit_chunks(stats, data, written, deletes, lease)
+                finish(version)
+        progress.positions, progress.batches = after.positions, after.batches
         self.commit_offsets(progress, version)
         if version != version_before and self._upkeep.committed():
             self._run_upkeep()

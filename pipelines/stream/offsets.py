@@ -14,8 +14,45 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from freshindex.errors import FreshIndexError
 from freshindex.schemas.messages import PollBatch
 from freshindex.transforms.kafka_io import PartitionStart
+
+
+class PartitionsLost(FreshIndexError):
+    """Another process has indexed past where this one read (a rebalance moved the
+    partition on, or a second stream reads the group's partitions): nothing of the batch is
+    committed. A group member rejoins and resumes from the recorded offsets."""
+
+    def __init__(self, group_id: str, lost: dict[tuple[str, int], tuple[int, int]]):
+        where = ", ".join(
+            f"{t}[{p}] read from {start}, recorded at {rec}"
+            for (t, p), (start, rec) in lost.items()
+        )
+        super().__init__(
+            f"partitions of group {group_id} were indexed by another process: {where}",
+            hint="run several stream processes with stream.membership: group (or give "
+            "each its own group_id and topics)",
+        )
+        self.lost = lost
+
+
+def lost_partitions(
+    claimed: dict[tuple[str, int], int | None], recorded: dict[tuple[str, int], int]
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """The partitions another process has indexed past where this batch starts:
+    ``(topic, partition) -> (this batch's start, the largest recorded offset)``.
+
+    ``claimed``: where this process's reads of each partition start (None: unknown, the
+    Java reader's first read). ``recorded``: the largest offsets recorded with the table's
+    commits for the group (``store.read_stream_offsets``). Recorded at or before the start
+    is this process's own progress (or older); only further means someone else moved on.
+    """
+    return {
+        key: (start, recorded[key])
+        for key, start in claimed.items()
+        if start is not None and recorded.get(key, start) > start
+    }
 
 
 @dataclass
@@ -26,10 +63,11 @@ class Progress:
     batches: int = 0
 
 
-def initial_progress(starts: Iterable[PartitionStart]) -> Progress:
+def initial_progress(starts: Iterable[PartitionStart], batches: int = 0) -> Progress:
     """Where a run resumes: the start offsets resolved before it began (none for the Java
-    reader, which resumes from the group's committed offsets; its first read sets them)."""
-    return Progress(positions={(s.topic, s.partition): s.start for s in starts})
+    reader, which resumes from the group's committed offsets; its first read sets them);
+    ``batches``: the micro-batches the run committed before."""
+    return Progress(positions={(s.topic, s.partition): s.start for s in starts}, batches=batches)
 
 
 def take_contiguous(

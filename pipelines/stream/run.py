@@ -10,6 +10,7 @@ commit and records its manifest row; ``main`` is ``python -m freshindex.pipeline
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -29,13 +30,14 @@ from freshindex.config import Config
 from freshindex.pipelines.batch import configure_logging, run_settings
 from freshindex.pipelines.options import FreshIndexOptions, StreamOptions
 from freshindex.pipelines.stream.config import StreamConfig, StreamRun, stream_config_from_flags
+from freshindex.pipelines.stream.offsets import PartitionsLost
 from freshindex.pipelines.stream.step import build_stream
 from freshindex.runtime import prepare_offline
 from freshindex.schemas.bookkeeping import RunRecord, new_run_id
 from freshindex.store import current_version
+from freshindex.transforms.kafka_group import GroupMember, register_member
 from freshindex.transforms.kafka_io import (
     KafkaOffsets,
-    PartitionStart,
     request_stop,
     reset_stop,
     resolve_start_offsets,
@@ -167,16 +169,22 @@ def format_stream_summary(row: dict[str, Any]) -> str:
 
 class _StopOnSignals:
     """SIGTERM/SIGINT (and ``duration_s``) ask the reader to stop; the pipeline then drains
-    and the run ends with its summary. A second Ctrl-C interrupts at once."""
+    and the run ends with its summary. A second Ctrl-C interrupts at once. ``stopped`` tells
+    a stop for good from a group member's stop for a rebalance."""
 
     def __init__(self, duration_s: float | None):
         self._duration_s = duration_s
         self._previous: dict[int, Any] = {}
         self._timer: threading.Timer | None = None
+        self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        request_stop()
 
     def _handle(self, signum, _frame) -> None:
         log.info("signal %d: stopping after the current micro-batch", signum)
-        request_stop()
+        self.stop()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -185,7 +193,7 @@ class _StopOnSignals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
         if self._duration_s:
-            self._timer = threading.Timer(self._duration_s, request_stop)
+            self._timer = threading.Timer(self._duration_s, self.stop)
             self._timer.daemon = True
             self._timer.start()
         return self
@@ -196,6 +204,97 @@ class _StopOnSignals:
         if threading.current_thread() is threading.main_thread():
             for sig, handler in self._previous.items():
                 signal.signal(sig, handler)
+
+
+def _partitions_lost(exc: BaseException) -> PartitionsLost | None:
+    """The PartitionsLost a failed pipeline raised, however the runner wrapped it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, PartitionsLost):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _run_pipeline(run: StreamRun, beam_args: Sequence[str] | None) -> None:
+    """Build the pipeline for ``run`` and run it until the reader stops."""
+    for s in run.starts:
+        end = f", stop at {s.stop}" if s.stop is not None else ""
+        log.info("  %s[%d] from offset %d (%s%s)", s.topic, s.partition, s.start, s.reason, end)
+    options, runner = _pipeline_options(beam_args)
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    build_stream(pipeline, run)
+    try:
+        pipeline.run().wait_until_finish()
+    except Exception as exc:
+        lost = _partitions_lost(exc)
+        if lost is not None and lost is not exc:
+            raise lost from exc  # the runner's wrapping hides the message and its hint
+        raise
+
+
+def _batches_done(run: StreamRun) -> int:
+    db = store.connect(run.cfg.db)
+    seqs = [b["batch_seq"] for b in store.read_stream_batches(db, run_id=run.run_id)]
+    return max(seqs, default=0)
+
+
+def _run_as_member(run: StreamRun, beam_args, stopper: _StopOnSignals) -> None:
+    """``stream.membership: group``: join the consumer group and run the pipeline over the
+    partitions it assigns, one pipeline per assignment (docs/STREAMING.md, "Several stream
+    processes"). A rebalance stops the pipeline after its current micro-batch, before any
+    member gets its new partitions; the next pipeline resumes from the offsets recorded
+    with the table's commits."""
+    stream, cfg = run.stream, run.cfg
+    drained = threading.Event()
+    drained.set()
+    drain_timeout_s = max(60.0, cfg.commit.lease_timeout_s)
+
+    def on_revoke() -> None:
+        request_stop()
+        if not drained.wait(timeout=drain_timeout_s):
+            log.warning("the pipeline did not stop within %.0fs of a rebalance", drain_timeout_s)
+
+    member = GroupMember(stream.kafka, on_revoke=on_revoke)
+    register_member(member)
+    member.start()
+    log.info("joining consumer group %s", run.group_id)
+    try:
+        while not stopper.stopped.is_set():
+            got = member.wait_assignment(timeout_s=0.5)
+            if got is None:
+                continue
+            generation, partitions = got
+            if not partitions:
+                log.info("no partitions assigned (more members than partitions): waiting")
+                while member.current(generation) and not stopper.stopped.is_set():
+                    member.wait_change(generation, timeout_s=0.5)
+                continue
+            recorded = store.read_stream_offsets(store.connect(cfg.db), cfg.table, run.group_id)
+            starts = resolve_start_offsets(
+                stream.kafka, recorded, stop_at_end=stream.stop_at_end, partitions=partitions
+            )
+            this = dataclasses.replace(run, starts=tuple(starts), first_batch=_batches_done(run))
+            with member.lock:  # a rebalance that began meanwhile: do not start at all
+                if not member.current(generation) or stopper.stopped.is_set():
+                    continue
+                reset_stop()
+                drained.clear()
+            try:
+                log.info("generation %d: indexing %d partitions", generation, len(starts))
+                _run_pipeline(this, beam_args)
+            except PartitionsLost as lost:  # evicted while stalled: another member went on
+                log.warning("%s; rejoining", str(lost).splitlines()[0])
+                member.wait_change(generation, timeout_s=drain_timeout_s)
+                continue
+            finally:
+                drained.set()
+            if member.current(generation):
+                break  # stopped for good, or --stop_at_end reached the end
+    finally:
+        register_member(None)
+        member.close()  # leave the group: the others take the partitions at once
 
 
 def run_stream(
@@ -216,38 +315,36 @@ def run_stream(
             offsets.partitions(stream.dead_letter_topic)
         finally:
             offsets.close()
-    starts: tuple[PartitionStart, ...] = ()
-    if stream.reader == "python":
-        recorded = store.read_stream_offsets(db, cfg.table, stream.kafka.group_id)
-        starts = tuple(
-            resolve_start_offsets(stream.kafka, recorded, stop_at_end=stream.stop_at_end)
-        )
     run = StreamRun(
         run_id=run_id or new_run_id(),
         cfg=cfg,
         stream=stream,
-        starts=starts,
+        starts=(),
         started_at=time.time(),
     )
     log.info(
-        "stream run %s: kafka://%s/%s (group %s) -> %s/%s",
+        "stream run %s: kafka://%s/%s (group %s, %s) -> %s/%s",
         run.run_id,
         stream.kafka.bootstrap_servers,
         ",".join(stream.kafka.topics),
         run.group_id,
+        "a member of it" if stream.membership == "group" else "every partition",
         cfg.db,
         cfg.table,
     )
-    for s in starts:
-        end = f", stop at {s.stop}" if s.stop is not None else ""
-        log.info("  %s[%d] from offset %d (%s%s)", s.topic, s.partition, s.start, s.reason, end)
-    options, runner = _pipeline_options(beam_args)
-    pipeline = beam.Pipeline(runner=runner, options=options)
-    build_stream(pipeline, run)
     status = "failed"
     try:
-        with _StopOnSignals(stream.duration_s):
-            pipeline.run().wait_until_finish()
+        with _StopOnSignals(stream.duration_s) as stopper:
+            if stream.membership == "group":
+                _run_as_member(run, beam_args, stopper)
+            else:
+                if stream.reader == "python":
+                    recorded = store.read_stream_offsets(db, cfg.table, stream.kafka.group_id)
+                    starts = resolve_start_offsets(
+                        stream.kafka, recorded, stop_at_end=stream.stop_at_end
+                    )
+                    run = dataclasses.replace(run, starts=tuple(starts))
+                _run_pipeline(run, beam_args)
         status = "succeeded"
     finally:
         reset_stop()

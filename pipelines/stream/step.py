@@ -24,6 +24,7 @@ from freshindex.pipelines.stream.offsets import (
 )
 from freshindex.schemas.messages import PollBatch
 from freshindex.transforms.dead_letters import DeadLetterProducer
+from freshindex.transforms.kafka_group import registered_member
 from freshindex.transforms.kafka_io import (
     KafkaOffsets,
     ReadKafkaPartitions,
@@ -63,15 +64,17 @@ class _IndexMicroBatchesFn(beam.DoFn):
         stream = self._run.stream
         # the python reader's reads cover every offset: a gap there waits for its read
         self._gap_wait_s = stream.gap_wait_s if stream.reader == "xlang" else None
-        self._kafka = KafkaOffsets(stream.kafka)
+        # a group member commits Kafka offsets for the partitions it owns; else a client
+        self._kafka = registered_member() or KafkaOffsets(stream.kafka)
         self._dead_letters = None
         if stream.dead_letter_topic:
             self._dead_letters = DeadLetterProducer(stream.kafka, stream.dead_letter_topic)
         self._indexer = BatchIndexer(self._run, kafka=self._kafka, dead_letters=self._dead_letters)
 
     def teardown(self) -> None:
-        for client in (getattr(self, "_kafka", None), getattr(self, "_dead_letters", None)):
-            if client is not None:
+        kafka = getattr(self, "_kafka", None)
+        for client in (kafka, getattr(self, "_dead_letters", None)):
+            if client is not None and client is not registered_member():
                 client.close()
 
     def process(

@@ -1,0 +1,184 @@
+"""Several stream processes in one consumer group (``--membership group``) on one table.
+
+Two members share a 4-partition topic while a producer sends upserts and deletes; one is
+killed with SIGKILL mid-stream, so the group rebalances and the survivor takes its
+partitions over from the offsets recorded with the table's commits; a third joins (another
+rebalance). Afterwards (docs/STREAMING.md, "Several stream processes"):
+
+* every member committed, and a partition the killed member had was committed by another
+  member afterwards;
+* no chunk id appears twice, and the table equals one clean catch-up of the topic; every
+  key holds its last message (or is gone when that was a delete);
+* per partition, the offsets recorded with the commits never go back (no batch applied by a
+  member that had lost the partition), and every recorded offset is in the table at the
+  version recorded with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import threading
+import uuid
+
+import pytest
+
+from freshindex import store
+from freshindex.kafka_broker import create_topic, kafka_for_tests
+from freshindex.transforms.kafka_io import KafkaOffsets, KafkaSpec
+from tests.conftest import table_rows
+from tests.test_many_writers import Producer, identity, rows_by_doc, state_of
+from tests.test_stream_pipeline import (
+    catch_up,
+    stop_with_sigterm,
+    stream_process,
+    wait_for,
+    write_cfg_file,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.kafka]
+
+PARTITIONS = 4
+# a killed member is noticed after the session timeout; the broker's minimum is 6 s
+GROUP_FLAGS = ["--kafka_option", "session_timeout_ms=6000"]
+GROUP_FLAGS += ["--kafka_option", "heartbeat_interval_ms=1000"]
+
+
+@pytest.fixture(scope="module")
+def kafka():
+    with kafka_for_tests() as bootstrap:
+        yield bootstrap
+
+
+def log_ends(bootstrap: str, topic: str) -> dict[tuple[str, int], int]:
+    offsets = KafkaOffsets(KafkaSpec(bootstrap, (topic,), "probe"))
+    try:
+        from kafka import TopicPartition
+
+        ends = offsets.log_end([TopicPartition(topic, p) for p in range(PARTITIONS)])
+    finally:
+        offsets.close()
+    return {(tp.topic, tp.partition): end for tp, end in ends.items()}
+
+
+def committed_partitions(db, table: str, run_id: str, after=None) -> set[tuple[str, int]]:
+    """The partitions whose offsets ``run_id`` moved with a commit of the table."""
+    moved = set()
+    last: dict[tuple[str, int], int] = {}
+    for batch in store.read_stream_batches(db, table_name=table, run_id=run_id):
+        for o in batch["offsets"]:
+            key = (o["topic"], o["partition"])
+            if key in last and o["next_offset"] > last[key]:
+                if after is None or batch["committed_at"] > after:
+                    moved.add(key)
+            last[key] = o["next_offset"]
+    return moved
+
+
+def test_members_share_partitions_and_a_killed_one_is_taken_over(fake_cfg, kafka, tmp_path):
+    topic = f"group-{uuid.uuid4().hex[:6]}-x"
+    create_topic(kafka, topic, partitions=PARTITIONS)
+    cfg_file = write_cfg_file(fake_cfg, tmp_path / "cfg.yaml")
+    group = f"g-{topic}"
+
+    def member(run_id: str):
+        flags = ["--membership", "group", "--group_id", group, "--run_id", run_id]
+        flags += ["--batch_interval_s", "0.5", "--max_batch_messages", "20", *GROUP_FLAGS]
+        return stream_process(cfg_file, kafka, topic, *flags)
+
+    db = store.connect(fake_cfg.db)
+    stop = threading.Event()
+    producer = Producer(kafka, [topic], stop)
+    procs: dict[str, object] = {}
+    try:
+        producer.start()
+        procs["a"], procs["b"] = member("a"), member("b")
+        for name in ("a", "b"):  # both joined and committed part of the topic
+            wait_for(
+                lambda n=name: committed_partitions(db, fake_cfg.table, n),
+                90,
+                procs[name],
+                f"member {name} to commit",
+            )
+        os.killpg(procs["b"].pid, signal.SIGKILL)
+        procs["b"].wait(10)
+        killed_at = store.utcnow()
+        b_had = {
+            (o["topic"], o["partition"])
+            for o in store.read_stream_batches(db, table_name=fake_cfg.table, run_id="b")[-1][
+                "offsets"
+            ]
+        }
+        wait_for(
+            lambda: committed_partitions(db, fake_cfg.table, "a", killed_at) & b_had,
+            90,
+            procs["a"],
+            "the survivor to take over the killed member's partitions",
+        )
+        procs["c"] = member("c")
+        wait_for(
+            lambda: committed_partitions(db, fake_cfg.table, "c"), 90, procs["c"], "c to commit"
+        )
+        stop.set()
+        producer.join(30)
+        ends = log_ends(kafka, topic)
+        wait_for(
+            lambda: store.read_stream_offsets(db, fake_cfg.table, group) == ends,
+            90,
+            procs["a"],
+            "the group to catch up",
+        )
+        outputs = {name: stop_with_sigterm(procs[name]) for name in ("a", "c")}
+    finally:
+        stop.set()
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    for name, out in outputs.items():
+        assert procs[name].returncode == 0, out[-3000:]
+        assert "stream run" in out and "succeeded" in out, out[-2000:]
+
+    rows = table_rows(fake_cfg.db)
+    # nothing doubled; every key holds its last message
+    assert len({r["chunk_id"] for r in rows}) == len(rows)
+    clean = dataclasses.replace(fake_cfg, db=str(tmp_path / "clean"))
+    catch_up(clean, kafka, topic, group_id=f"clean-{topic}")
+    assert identity(rows) == identity(table_rows(clean.db))
+    latest = state_of(producer.sent, {k: 1 << 62 for k in ends})
+    by_doc = rows_by_doc(rows)
+    for key, marker in latest.items():
+        if marker is None:
+            assert key not in by_doc, f"{key} was deleted last"
+        else:
+            assert marker in " ".join(r["text"] for r in by_doc[key]), key
+    # per partition, recorded offsets never go back: no stale batch was applied
+    batches = store.read_stream_batches(db, table_name=fake_cfg.table, group_id=group)
+    assert {b["run_id"] for b in batches} >= {"a", "b", "c"}
+    high: dict[tuple[str, int], int] = {}
+    for batch in batches:
+        for o in batch["offsets"]:
+            key = (o["topic"], o["partition"])
+            assert o["next_offset"] >= high.get(key, 0), (key, batch["run_id"])
+            high[key] = o["next_offset"]
+    # every offset recorded with a commit is in the table at the version recorded with it
+    versions = {v["version"] for v in store.open_chunks(db, fake_cfg.table).list_versions()}
+    checked = 0
+    for batch in batches:
+        if not (batch["chunks_written"] or batch["docs_deleted"]):
+            continue  # a batch that committed nothing to the table
+        if batch["table_version"] not in versions:
+            continue  # removed by upkeep
+        upto = {(o["topic"], o["partition"]): o["next_offset"] for o in batch["offsets"]}
+        at = rows_by_doc(table_rows(fake_cfg.db, version=batch["table_version"]))
+        for key, marker in state_of(producer.sent, upto).items():
+            if marker is None:
+                assert key not in at, (key, batch["table_version"])
+            else:
+                assert marker in " ".join(r["text"] for r in at.get(key, [])), (key, batch)
+        checked += 1
+    assert checked >= 5
+    print(  # the test's scale, for its report (pytest -s)
+        f"{len(producer.sent)} messages, {len(batches)} batches by "
+        f"{sorted({b['run_id'] for b in batches})}, {checked} checked as of their version"
+    )
