@@ -23,6 +23,16 @@ recorded with each commit (``stream_batches``).
     python scripts/bench_stream.py [--corpus ../shared/data/scifact/corpus.jsonl]
         [--windows 3 --seconds 20] [--out .bench/stream.json] [--markdown FILE]
 
+4. **Scale-out** (``--scale-out``, instead of 1-3): the sustained docs/s at the freshness
+   goal (p99 <= ``--goal-p99`` s, 5) of 1 stream process and of 2 processes in one consumer
+   group (``--membership group``), with the table on local disk and on an S3-compatible
+   server (moto, started here), ``--repeats`` times each, interleaved, so the ratios compare
+   runs made under the same load. A rate step passes when the freshness p99 of the messages
+   produced in it, once drained, meets the goal; rates double while they pass, then bisect.
+
+    python scripts/bench_stream.py --scale-out [--repeats 2] [--step-seconds 15]
+        [--storages local,s3] [--processes 1,2] [--out FILE.json] [--markdown FILE.md]
+
 Why one script of ~450 lines: the broker, the producer at a fixed rate, the stream process
 and the report must be started, timed and stopped together to measure freshness.
 """
@@ -206,6 +216,255 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores (shared, noisy), load {load:.1f} at start"
 
 
+class Streams:
+    """``n`` stream processes on one table and topic; with n > 1 they share its partitions
+    as one consumer group (``--membership group``)."""
+
+    def __init__(self, n: int, cfg_file: Path, bootstrap: str, topic: str, work: Path, env):
+        self.procs, self.logs = [], []
+        for i in range(n):
+            log_file = (work / f"stream-{i}.log").open("w")
+            command = [sys.executable, "-m", "freshindex.pipelines.stream", "--streaming"]
+            command += ["--config", str(cfg_file), "--topics", topic]
+            command += ["--kafka_bootstrap_servers", bootstrap, "--run_id", f"member{i}"]
+            if n > 1:
+                command += ["--membership", "group"]
+            self.procs.append(
+                subprocess.Popen(
+                    command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=env
+                )
+            )
+            self.logs.append(log_file)
+
+    def check(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is not None:
+                raise SystemExit(f"a stream process exited ({proc.returncode})")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for log_file in self.logs:
+            log_file.close()
+
+
+def table_offsets(db_uri: str, table: str, group: str) -> dict:
+    from freshindex import store
+
+    return store.read_stream_offsets(store.connect(db_uri), table, group)
+
+
+def scale_out_case(args, docs, bootstrap, storage: str, n: int, env, work: Path) -> dict:
+    """The sustained docs/s at the freshness goal of ``n`` processes on ``storage``."""
+    from kafka import TopicPartition
+
+    from freshindex.config import load_config
+    from freshindex.kafka_broker import create_topic
+    from freshindex.transforms.kafka_io import KafkaOffsets, KafkaSpec
+
+    case = f"{storage}-{n}-{int(time.time() * 1000) % 10**8}"
+    work = work / case
+    work.mkdir(parents=True)
+    if storage == "s3":
+        import boto3
+
+        bucket = f"bench-{case}".lower()
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        db = f"s3://{bucket}/lancedb"
+    else:
+        db = str(work / "lancedb")
+    cfg = load_config(overrides={"db": db, "table": "bench", "embedding.dtype": args.dtype})
+    cfg_file = work / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg.to_dict()))
+    topic = f"scale-{case}"
+    create_topic(bootstrap, topic, partitions=args.partitions)
+    group = f"freshindex-{cfg.table}"
+    tps = [TopicPartition(topic, p) for p in range(args.partitions)]
+    ends = KafkaOffsets(KafkaSpec(bootstrap, (topic,), "bench-probe"))
+    producer = Producer(bootstrap, topic, docs)
+
+    def drained() -> bool:
+        logged = ends.log_end(tps)
+        recorded = table_offsets(db, cfg.table, group)
+        return all(recorded.get((tp.topic, tp.partition), 0) >= end for tp, end in logged.items())
+
+    streams = Streams(n, cfg_file, bootstrap, topic, work, env)
+    steps = []
+    try:
+        # warm-up: every process loads the model, joins and commits once
+        producer.run(4, 4)
+        wait_until(drained, 600, "the warm-up to drain", None)
+        started = {
+            b["run_id"]
+            for b in batches_between(
+                db, cfg.table, dt.datetime.min.replace(tzinfo=dt.UTC), dt.datetime.now(dt.UTC)
+            )
+        }
+        if len(started) < n:
+            producer.run(4, 4)
+            wait_until(drained, 600, "every process to commit", None)
+        rate, lo, hi = args.ramp_start, None, None
+        while rate and len(steps) < args.max_steps:
+            streams.check()
+            t0 = dt.datetime.now(dt.UTC)
+            producer.run(rate, args.step_seconds)
+            wait_until(drained, 900, "the step to drain", None)
+            rows = batches_between(db, cfg.table, t0, dt.datetime.now(dt.UTC))
+            fresh = [f for r in rows for f in r["freshness_ms"]]
+            p99 = float(np.percentile(fresh, 99)) / 1000 if fresh else float("inf")
+            step = {
+                "rate": round(rate, 2),
+                "messages": len(fresh),
+                "p50_s": round(float(np.percentile(fresh, 50)) / 1000, 2) if fresh else None,
+                "p99_s": round(p99, 2),
+                "members": len({r["run_id"] for r in rows}),
+                "passes": p99 <= args.goal_p99,
+            }
+            steps.append(step)
+            print(f"  {storage} x{n}: {json.dumps(step)}", flush=True)
+            if step["passes"]:
+                lo = rate
+            else:
+                hi = rate
+            rate = next_rate(lo, hi, args.max_rate)
+            time.sleep(1)
+    finally:
+        ends.close()
+        producer.close()
+        streams.stop()
+    best = max((s for s in steps if s["passes"]), key=lambda s: s["rate"], default=None)
+    return {
+        "storage": storage,
+        "processes": n,
+        "sustained_docs_per_s": best["rate"] if best else 0.0,
+        "p50_s": best["p50_s"] if best else None,
+        "p99_s": best["p99_s"] if best else None,
+        "steps": steps,
+    }
+
+
+def start_s3() -> tuple[subprocess.Popen, dict]:
+    """moto's S3 server on loopback; the environment that points clients at it."""
+    import urllib.request
+
+    sys.path.insert(0, str(ROOT))
+    from tests.objectstore import _free_port, s3_environment
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                server.kill()
+                raise SystemExit("moto's S3 server did not start") from None
+            time.sleep(0.2)
+    env = s3_environment(endpoint)
+    os.environ.update(env)
+    return server, {**os.environ, **env}
+
+
+def scale_out(args, docs, started: float, host: str) -> dict:
+    from freshindex.kafka_broker import kafka_for_tests
+
+    storages = [s for s in args.storages.split(",") if s]
+    counts = [int(n) for n in args.processes.split(",") if n]
+    work = ROOT / ".bench" / f"stream-scale-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    work.mkdir(parents=True, exist_ok=True)
+    server, env = (None, dict(os.environ))
+    if "s3" in storages:
+        server, env = start_s3()
+    cases = []
+    try:
+        with kafka_for_tests() as bootstrap:
+            for repeat in range(args.repeats):
+                for storage in storages:
+                    for n in counts:
+                        print(f"repeat {repeat + 1}: {storage}, {n} process(es)", flush=True)
+                        case = scale_out_case(args, docs, bootstrap, storage, n, env, work)
+                        case["repeat"] = repeat + 1
+                        cases.append(case)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)
+    summary = []
+    for storage in storages:
+        base = None
+        for n in counts:
+            mine = [c for c in cases if c["storage"] == storage and c["processes"] == n]
+            rates = [c["sustained_docs_per_s"] for c in mine]
+            ratios = []
+            for c in mine:  # against the 1-process run of the same repeat
+                one = [
+                    o
+                    for o in cases
+                    if o["storage"] == storage
+                    and o["processes"] == counts[0]
+                    and o["repeat"] == c["repeat"]
+                ]
+                if one and one[0]["sustained_docs_per_s"]:
+                    ratios.append(c["sustained_docs_per_s"] / one[0]["sustained_docs_per_s"])
+            row = {
+                "storage": storage,
+                "processes": n,
+                "sustained_docs_per_s": rates,
+                "median": statistics.median(rates) if rates else None,
+                "ratio_median": round(statistics.median(ratios), 2) if ratios else None,
+            }
+            base = base or row
+            summary.append(row)
+    return {
+        "machine": host,
+        "settings": vars(args) | {"corpus": str(args.corpus)},
+        "cases": cases,
+        "summary": summary,
+        "seconds": round(time.time() - started, 1),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python scripts/bench_stream.py " + " ".join(sys.argv[1:]),
+    }
+
+
+def scale_out_report(r: dict) -> str:
+    lines = [
+        f"Run {r['date']} on {r['machine']}; {r['seconds']:.0f} s in all.",
+        f"`{r['command']}`",
+        "",
+        f"| storage | processes | sustained docs/s at p99 <= {r['settings']['goal_p99']:g} s "
+        "(per repeat) | median | vs 1 process (same repeat, median) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in r["summary"]:
+        lines.append(
+            f"| {row['storage']} | {row['processes']} | "
+            f"{', '.join(f'{x:g}' for x in row['sustained_docs_per_s'])} | "
+            f"**{row['median']:g}** | {row['ratio_median']}x |"
+        )
+    lines += ["", "| case | rate | messages | p50 | p99 | passes |", "|---|---|---|---|---|---|"]
+    for c in r["cases"]:
+        for s in c["steps"]:
+            lines.append(
+                f"| {c['storage']} x{c['processes']} (#{c['repeat']}) | {s['rate']:g} | "
+                f"{s['messages']} | {s['p50_s']} s | {s['p99_s']} s | "
+                f"{'yes' if s['passes'] else 'no'} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     from freshindex.config import EMBEDDING_DTYPES
 
@@ -226,6 +485,12 @@ def main() -> int:
         choices=EMBEDDING_DTYPES,
         help="embedding.dtype (default: the config's, auto)",
     )
+    parser.add_argument("--scale-out", action="store_true", help="1 vs 2 processes (4.)")
+    parser.add_argument("--storages", default="local,s3", help="scale-out: local,s3")
+    parser.add_argument("--processes", default="1,2", help="scale-out: process counts")
+    parser.add_argument("--repeats", type=int, default=2, help="scale-out: runs of each")
+    parser.add_argument("--goal-p99", type=float, default=5.0, help="scale-out: seconds")
+    parser.add_argument("--max-steps", type=int, default=6, help="scale-out: per case")
     parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
     parser.add_argument("--markdown", type=Path, default=None, help="write a report here")
     args = parser.parse_args()
@@ -240,6 +505,17 @@ def main() -> int:
 
     started = time.time()
     host = machine()
+    if args.scale_out:
+        if args.partitions < 4:
+            args.partitions = 4  # two members get two partitions each
+        results = scale_out(args, documents(args.corpus, 5000), started, host)
+        print(json.dumps(results["summary"], indent=2))
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2, default=str))
+        if args.markdown:
+            args.markdown.write_text(scale_out_report(results))
+        return 0
     work = ROOT / ".bench" / f"stream-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     work.mkdir(parents=True, exist_ok=True)
     cfg = load_config(
