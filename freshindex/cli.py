@@ -1,7 +1,9 @@
 """The ``freshindex`` command: one entry point, one subcommand per job.
 
 freshindex ingest SOURCE --table NAME [--db URI] [--sync full|append] [--namespace NS]
-    [--allow-mass-delete] [--retry-failed] [--full-hash] [Beam options]
+    [--allow-mass-delete] [--retry-failed] [--full-hash] [--if-running skip|wait|fail]
+    [Beam options]   (exit status: 0 ok, 2 error, 3 too many failures, 4 mass delete
+    refused, 75 skipped: another batch run holds the table)
 freshindex versions --table NAME
 freshindex rollback --to RUN_OR_VERSION --table NAME
 freshindex errors --table NAME [--run RUN_ID]
@@ -67,11 +69,14 @@ def _print_rows(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 def cmd_ingest(args, beam_args: list[str]) -> int:
     from freshindex.pipelines.batch import (
+        EXIT_SKIPPED,
         configure_logging,
         exit_code,
         failure_message,
         format_summary,
         run_ingest,
+        skipped_row,
+        skipped_summary,
     )
 
     configure_logging(args.verbose)
@@ -81,16 +86,21 @@ def cmd_ingest(args, beam_args: list[str]) -> int:
             "ingest.sync": args.sync,
             "ingest.namespace": args.namespace,
             "ingest.change_detection": "hash" if args.full_hash else None,
+            "ingest.if_running": args.if_running,
         },
     )
-    row = run_ingest(
-        cfg,
-        args.source,
-        beam_args,
-        args.run_id,
-        allow_mass_delete=args.allow_mass_delete,
-        retry_failed=args.retry_failed,
-    )
+    try:
+        row = run_ingest(
+            cfg,
+            args.source,
+            beam_args,
+            args.run_id,
+            allow_mass_delete=args.allow_mass_delete,
+            retry_failed=args.retry_failed,
+        )
+    except store.RunSkipped as skipped:  # if_running: skip; fail and wait's timeout: exit 2
+        print(json.dumps(skipped_row(skipped)) if args.json else skipped_summary(skipped))
+        return EXIT_SKIPPED
     if args.json:
         print(json.dumps(row, default=_json_default, indent=2))
     else:
@@ -270,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read and hash every file, also those whose listed size and modification time "
         "are the indexed ones (ingest.change_detection: hash)",
+    )
+    p.add_argument(
+        "--if-running",
+        "--if_running",
+        dest="if_running",
+        choices=("skip", "wait", "fail"),
+        help="when another batch run holds the table: skip (exit status 75, nothing done), "
+        "wait for it, or fail (exit status 2); default from config: skip",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_ingest, beam=True)

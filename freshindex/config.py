@@ -192,6 +192,16 @@ class IngestConfig:
         "indexed is skipped without reading it (a rewrite that keeps both is missed, as by "
         "rsync); hash: read and hash every file (--full-hash)",
     )
+    # skip: a schedule never piles up waiting runs, and the next run indexes what was missed
+    if_running: Str = Field(
+        "skip",
+        description="when another batch run holds the table (docs/DEPLOY.md, scheduled "
+        "re-indexing): skip (exit status 75, nothing read or written), wait (for it, up "
+        "to if_running_wait_s) or fail (exit status 2)",
+    )
+    if_running_wait_s: Float = Field(
+        3600.0, description="if_running: wait gives up (exit status 2) after this long"
+    )
 
     def __post_init__(self) -> None:
         if self.sync not in ("full", "append"):
@@ -210,6 +220,13 @@ class IngestConfig:
                 hint="1 turns the mass-delete guard off",
             )
         check_namespace("ingest.namespace", self.namespace)
+        if self.if_running not in ("skip", "wait", "fail"):
+            raise ConfigError(
+                f"ingest.if_running must be skip, wait or fail, got {self.if_running!r}",
+                hint="skip suits schedules: the next run picks up what this one would have",
+            )
+        if self.if_running_wait_s < 0:
+            raise ConfigError("ingest.if_running_wait_s must be >= 0")
         if self.docs_per_batch < 1 or self.commit_max_rows < 1:
             raise ConfigError("ingest.docs_per_batch and ingest.commit_max_rows must be >= 1")
 

@@ -2,7 +2,7 @@
 
     python -m freshindex.pipelines.batch --source docs/ --table docs [--db URI] \
         [--sync full|append] \
-        [--namespace NS] [--allow_mass_delete] [--full_hash] \
+        [--namespace NS] [--allow_mass_delete] [--full_hash] [--if_running skip|wait|fail] \
         [--runner DirectRunner --direct_num_workers 2 --direct_running_mode multi_processing]
 
 List -> Screen (an unchanged listing is skipped unread) -> Hash -> Plan (against the
@@ -157,12 +157,46 @@ def run_ingest(
     ``allow_mass_delete`` lets a ``sync: full`` run delete more than
     ``ingest.max_delete_fraction`` of the source's documents; ``retry_failed`` re-parses
     documents remembered as permanently bad.
+
+    The whole run holds the table's run lock (``store.run_lock``): when another batch run
+    holds it, ``ingest.if_running`` decides: ``skip`` raises ``RunSkipped`` (exit status 75),
+    ``fail`` raises ``RunInProgress``, ``wait`` waits for it first. The table's version is
+    read only once the lock is held, so a run never plans against a table that another
+    run is still changing.
     """
     prepare_offline()
     spec = resolve_source(source, cfg.ingest.namespace)
+    run_id = run_id or new_run_id()
+    try:
+        with store.run_lock(
+            cfg.db,
+            cfg.table,
+            run_id,
+            if_running=cfg.ingest.if_running,
+            wait_s=cfg.ingest.if_running_wait_s,
+            commit=cfg.commit,
+        ):
+            return _run_locked(
+                cfg, source, spec, run_id, beam_args, allow_mass_delete, retry_failed
+            )
+    except store.RunSkipped as skipped:
+        log.warning("run %s %s", run_id, skipped)
+        raise
+
+
+def _run_locked(
+    cfg: Config,
+    source: str,
+    spec: SourceSpec,
+    run_id: str,
+    beam_args: list[str] | None,
+    allow_mass_delete: bool,
+    retry_failed: bool,
+) -> dict[str, Any]:
+    """The run itself, under the run lock."""
     version = current_version(cfg.db, cfg.table, cfg.embedding.model)
     run = RunSpec(
-        run_id=run_id or new_run_id(),
+        run_id=run_id,
         kind="batch",
         source=source,
         table=TableRef(cfg.db, cfg.table, version),
@@ -275,9 +309,28 @@ def configure_logging(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+# sysexits.h EX_TEMPFAIL ("try again later"): distinct from success and from every failure
+EXIT_SKIPPED = 75
+
+
 def exit_code(row: dict[str, Any]) -> int:
-    """0: succeeded; 3: too many documents failed; 4: a mass delete was refused."""
+    """0: succeeded; 3: too many documents failed; 4: a mass delete was refused (75: skipped,
+    another run holds the table: ``EXIT_SKIPPED``; 2: any other error)."""
     return {SUCCEEDED: 0, REFUSED_MASS_DELETE: 4}.get(row["status"], 3)
+
+
+def skipped_summary(skipped: store.RunSkipped) -> str:
+    """The summary of a run that ``ingest.if_running: skip`` did not start."""
+    return (
+        f"run {skipped.run_id} skipped: another batch run holds the table\n"
+        f"  held by: {skipped.holder}\n"
+        f"  nothing was read or written; exit status {EXIT_SKIPPED} (ingest.if_running: skip)"
+    )
+
+
+def skipped_row(skipped: store.RunSkipped) -> dict[str, Any]:
+    """The machine-readable form of ``skipped_summary`` (``--json``)."""
+    return {"run_id": skipped.run_id, "status": "skipped", "held_by": skipped.holder}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,14 +340,21 @@ def main(argv: list[str] | None = None) -> int:
     if not opts.source:
         raise SystemExit("--source is required")
     cfg = opts.to_config()
-    row = run_ingest(
-        cfg,
-        opts.source,
-        argv if argv is not None else sys.argv[1:],
-        opts.run_id,
-        allow_mass_delete=bool(opts.allow_mass_delete),
-        retry_failed=bool(opts.retry_failed),
-    )
+    try:
+        row = run_ingest(
+            cfg,
+            opts.source,
+            argv if argv is not None else sys.argv[1:],
+            opts.run_id,
+            allow_mass_delete=bool(opts.allow_mass_delete),
+            retry_failed=bool(opts.retry_failed),
+        )
+    except store.RunSkipped as skipped:
+        print(skipped_summary(skipped))
+        return EXIT_SKIPPED
+    except store.RunInProgress as busy:  # if_running: fail, or wait gave up
+        print(f"error: {busy}", file=sys.stderr)
+        return 2
     print(format_summary(row, store.read_errors(store.connect(cfg.db), run_id=row["run_id"])))
     message = failure_message(row, cfg)
     if message is not None:

@@ -56,6 +56,16 @@ class FreshIndexOptions(PipelineOptions):
             "(size, mtime); ingest.change_detection: hash",
         )
 
+        parser.add_argument(
+            "--if_running",
+            "--if-running",
+            dest="if_running",
+            choices=("skip", "wait", "fail"),
+            default=None,
+            help="batch: when another batch run holds the table: skip (exit status 75), "
+            "wait for it, or fail (ingest.if_running; default skip)",
+        )
+
     def to_config(self) -> Config:
         """The typed config: defaults, the --config file, environment, then these flags."""
         o = self.get_all_options()
@@ -72,6 +82,7 @@ class FreshIndexOptions(PipelineOptions):
                 "ingest.sync": o.get("sync"),
                 "ingest.namespace": o.get("namespace"),
                 "ingest.change_detection": "hash" if o.get("full_hash") else None,
+                "ingest.if_running": o.get("if_running"),
             },
         )
 

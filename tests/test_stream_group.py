@@ -1,8 +1,9 @@
 """Several stream processes in one consumer group (``--membership group``) on one table.
 
-Two members share a 4-partition topic while a producer sends upserts and deletes; one is
-killed with SIGKILL mid-stream, so the group rebalances and the survivor takes its
-partitions over from the offsets recorded with the table's commits; a third joins (another
+On local disk and on the S3 server (moto): two members share a 4-partition topic while a
+producer sends upserts and deletes; one is killed with SIGKILL mid-stream, so the group
+rebalances and the survivor takes its partitions over from the offsets recorded with the
+table's commits; a third joins (another
 rebalance). Afterwards (docs/STREAMING.md, "Several stream processes"):
 
 * every member committed, and a partition the killed member had was committed by another
@@ -69,14 +70,20 @@ def committed_partitions(db, table: str, run_id: str, after=None) -> set[tuple[s
     for batch in store.read_stream_batches(db, table_name=table, run_id=run_id):
         for o in batch["offsets"]:
             key = (o["topic"], o["partition"])
-            if key in last and o["next_offset"] > last[key]:
-                if after is None or batch["committed_at"] > after:
-                    moved.add(key)
+            later = after is None or batch["committed_at"] > after
+            if key in last and o["next_offset"] > last[key] and later:
+                moved.add(key)
             last[key] = o["next_offset"]
     return moved
 
 
-def test_members_share_partitions_and_a_killed_one_is_taken_over(fake_cfg, kafka, tmp_path):
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_members_share_partitions_and_a_killed_one_is_taken_over(
+    fake_cfg, kafka, tmp_path, storage, request
+):
+    if storage == "s3":  # the table on the S3 server: the members take turns by the lease
+        bucket = request.getfixturevalue("s3_bucket")
+        fake_cfg = dataclasses.replace(fake_cfg, db=f"s3://{bucket}/lancedb")
     topic = f"group-{uuid.uuid4().hex[:6]}-x"
     create_topic(kafka, topic, partitions=PARTITIONS)
     cfg_file = write_cfg_file(fake_cfg, tmp_path / "cfg.yaml")
@@ -97,7 +104,7 @@ def test_members_share_partitions_and_a_killed_one_is_taken_over(fake_cfg, kafka
         for name in ("a", "b"):  # both joined and committed part of the topic
             wait_for(
                 lambda n=name: committed_partitions(db, fake_cfg.table, n),
-                90,
+                180,
                 procs[name],
                 f"member {name} to commit",
             )
@@ -112,20 +119,20 @@ def test_members_share_partitions_and_a_killed_one_is_taken_over(fake_cfg, kafka
         }
         wait_for(
             lambda: committed_partitions(db, fake_cfg.table, "a", killed_at) & b_had,
-            90,
+            180,
             procs["a"],
             "the survivor to take over the killed member's partitions",
         )
         procs["c"] = member("c")
         wait_for(
-            lambda: committed_partitions(db, fake_cfg.table, "c"), 90, procs["c"], "c to commit"
+            lambda: committed_partitions(db, fake_cfg.table, "c"), 180, procs["c"], "c to commit"
         )
         stop.set()
         producer.join(30)
         ends = log_ends(kafka, topic)
         wait_for(
             lambda: store.read_stream_offsets(db, fake_cfg.table, group) == ends,
-            90,
+            180,
             procs["a"],
             "the group to catch up",
         )

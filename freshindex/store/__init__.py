@@ -5,6 +5,7 @@ One module per concern; the names callers use are re-exported here, so
 
 * ``connection``: connect, table names, filesystems, the clock
 * ``lock`` (with ``lease``): the commit lock every writer of a table holds; the S3 lease
+* ``runlock``: the run lock a batch run holds from start to end (one run per table)
 * ``verify``: the post-commit check (the commit is in the table, once)
 * ``chunks``: open or create a chunks table (model, width and schema version checked)
 * ``upgrade``: schema versions checked on open; the additive upgrade path
@@ -50,6 +51,7 @@ from freshindex.store.indexes import (
 from freshindex.store.lease import CommitLease, LeaseLost, LeaseTimeout
 from freshindex.store.ledger import LedgerEntry, ledger_of, lookup_vectors, read_ledger
 from freshindex.store.lock import CommitNotCoordinated, check_held, commit_lock, token_of
+from freshindex.store.runlock import RunInProgress, RunSkipped, run_lock
 from freshindex.store.staging import remove_stale_staging, staging_dir, staging_root
 from freshindex.store.upgrade import (
     UpgradeReport,
@@ -71,6 +73,8 @@ __all__ = [
     "LeaseLost",
     "LeaseTimeout",
     "LedgerEntry",
+    "RunInProgress",
+    "RunSkipped",
     "UpgradeReport",
     "ann_search_params",
     "append_errors",
@@ -106,6 +110,7 @@ __all__ = [
     "refresh_fts_index",
     "remove_stale_staging",
     "resolve_version",
+    "run_lock",
     "staging_dir",
     "staging_root",
     "table_names",

@@ -66,13 +66,16 @@ class S3LeaseObject:
     """The lease object in an S3 bucket, read and written conditionally (boto3, which takes
     its endpoint and credentials from the standard ``AWS_*`` environment variables)."""
 
-    def __init__(self, db_uri: str, table: str):
+    def __init__(self, db_uri: str, table: str, kind: str = "commit"):
+        """``kind``: ``commit`` (``<db>/_leases/<table>.json``) or another lease of the table
+        in its own folder (``run``: ``<db>/_leases/run/<table>.json``, the run lock's)."""
         import boto3
 
         parsed = urlparse(db_uri)
         self.bucket = parsed.netloc
         prefix = parsed.path.strip("/")
-        self.key = "/".join(p for p in (prefix, LEASE_FOLDER, f"{table}.json") if p)
+        folder = LEASE_FOLDER if kind == "commit" else f"{LEASE_FOLDER}/{kind}"
+        self.key = "/".join(p for p in (prefix, folder, f"{table}.json") if p)
         self._s3 = boto3.client("s3")
 
     def read(self) -> tuple[LeaseState | None, str | None]:

@@ -87,6 +87,7 @@ def _summary_row(run: StreamRun, status: str, table_version, tag) -> RunRecord:
         **run_settings(cfg),
         "topics": list(run.stream.kafka.topics),
         "group_id": run.group_id,
+        "membership": run.stream.membership,
         "batch_interval_s": run.stream.batch_interval_s,
         "max_batch_messages": run.stream.max_batch_messages,
         "batches": len(batches),
@@ -281,6 +282,8 @@ def _run_as_member(run: StreamRun, beam_args, stopper: _StopOnSignals) -> None:
                     continue
                 reset_stop()
                 drained.clear()
+                if stopper.stopped.is_set():  # a signal between the check and the reset
+                    request_stop()
             try:
                 log.info("generation %d: indexing %d partitions", generation, len(starts))
                 _run_pipeline(this, beam_args)
