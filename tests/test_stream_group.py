@@ -11,14 +11,16 @@ rebalance). Afterwards (docs/STREAMING.md, "Several stream processes"):
 * no chunk id appears twice, and the table equals one clean catch-up of the topic; every
   key holds its last message (or is gone when that was a delete);
 * per partition, the offsets recorded with the commits never go back (no batch applied by a
-  member that had lost the partition), and every recorded offset is in the table at the
-  version recorded with it.
+  member that had lost the partition), and the table is never behind the offsets recorded
+  with it: at the version of each record, every key holds its last message before them or
+  a later one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import threading
 import uuid
@@ -61,6 +63,18 @@ def log_ends(bootstrap: str, topic: str) -> dict[tuple[str, int], int]:
     finally:
         offsets.close()
     return {(tp.topic, tp.partition): end for tp, end in ends.items()}
+
+
+def not_behind(sent, upto) -> dict[str, set[str | None]]:
+    """key -> the markers (None: deleted) the table may hold for it once the offsets
+    ``upto`` are committed: its last message below them, or any later message of it."""
+    last = {}
+    for topic, part, offset, key, _ in sent:
+        if offset < upto.get((topic, part), 0):
+            last[key] = max(last.get(key, -1), offset)
+    return {
+        key: {m for t, p, o, k, m in sent if k == key and o >= first} for key, first in last.items()
+    }
 
 
 def committed_partitions(db, table: str, run_id: str, after=None) -> set[tuple[str, int]]:
@@ -168,7 +182,11 @@ def test_members_share_partitions_and_a_killed_one_is_taken_over(
             key = (o["topic"], o["partition"])
             assert o["next_offset"] >= high.get(key, 0), (key, batch["run_id"])
             high[key] = o["next_offset"]
-    # every offset recorded with a commit is in the table at the version recorded with it
+    # every offset recorded with a commit is in the table at the version recorded with it:
+    # each key holds its last message below the recorded offset, or a later one. (Later:
+    # the killed member may have committed a batch it did not live to record; its
+    # successor re-reads it from the recorded offset, and until it has passed that batch's
+    # end a key may hold the killed member's newer state, or briefly an older one again.)
     versions = {v["version"] for v in store.open_chunks(db, fake_cfg.table).list_versions()}
     checked = 0
     for batch in batches:
@@ -178,11 +196,10 @@ def test_members_share_partitions_and_a_killed_one_is_taken_over(
             continue  # removed by upkeep
         upto = {(o["topic"], o["partition"]): o["next_offset"] for o in batch["offsets"]}
         at = rows_by_doc(table_rows(fake_cfg.db, version=batch["table_version"]))
-        for key, marker in state_of(producer.sent, upto).items():
-            if marker is None:
-                assert key not in at, (key, batch["table_version"])
-            else:
-                assert marker in " ".join(r["text"] for r in at.get(key, [])), (key, batch)
+        for key, allowed in not_behind(producer.sent, upto).items():
+            text = " ".join(r["text"] for r in at.get(key, []))
+            held = re.search(r"mark\d+z", text).group(0) if key in at else None
+            assert held in allowed, (key, held, batch["table_version"], batch["run_id"])
         checked += 1
     assert checked >= 5
     print(  # the test's scale, for its report (pytest -s)
