@@ -30,6 +30,7 @@ from typing import Any
 
 import dask.bag as db
 from apache_beam import DoFn, TaggedOutput, pvalue
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
 from apache_beam.runners.common import (
     DoFnContext,
@@ -42,9 +43,10 @@ from apache_beam.runners.dask import transform_evaluator as te
 from apache_beam.transforms.sideinputs import SideInputMap
 
 
-def _bundle(items, fn, window_fn, label, side_inputs, args, kwargs) -> list[tuple[Any, Any]]:
+def _bundle(items, fn, window_fn, label, side_inputs, args, kwargs, options):
     """Run ``fn`` over one partition (a bundle); returns (output tag, value) pairs, the
     main output's tag None, including what ``finish_bundle`` emits."""
+    FileSystems.set_options(options)  # as Beam's SDK harness does: s3:// needs them
     receivers = te.OneReceiver()  # per bundle: never shared between partitions
     invoker = DoFnInvoker.create_invoker(
         DoFnSignature(fn),
@@ -88,7 +90,14 @@ class _TaggedParDo(te.ParDo):
         main_input = next(iter(self.applied.main_inputs.values()))
         window_fn = getattr(getattr(main_input, "windowing", None), "windowfn", None)
         return input_bag.map(te.get_windowed_value, window_fn).map_partitions(
-            _bundle, transform.fn, window_fn, transform.label, side_inputs, list(args), kwargs
+            _bundle,
+            transform.fn,
+            window_fn,
+            transform.label,
+            side_inputs,
+            list(args),
+            kwargs,
+            self.bag_kwargs.get("pipeline_options"),
         )
 
 
@@ -148,6 +157,18 @@ class _BagPerPCollection(PipelineVisitor):
         return [b for p, b in self.bags.items() if p not in self.consumed and b is not None]
 
 
+@dataclasses.dataclass
+class _Result(beam_dask.DaskRunnerResult):
+    side_inputs: dict  # the persisted side inputs, held (their futures) until the run ends
+
+    def wait_until_finish(self, duration=None) -> str:
+        try:
+            return super().wait_until_finish(duration)
+        finally:
+            self.side_inputs.clear()
+            self.client.close()  # else it outlives the run, reconnecting to the scheduler
+
+
 class DaskRunner(beam_dask.DaskRunner):
     """Beam's DaskRunner, with a bag per PCollection and every leaf computed (see above)."""
 
@@ -163,11 +184,10 @@ class DaskRunner(beam_dask.DaskRunner):
             drop_default=True, current_only=True
         )
         bag_kwargs = beam_dask.DaskOptions._extract_bag_kwargs(dask_options)
+        bag_kwargs["pipeline_options"] = options  # for the workers' file systems
         client = ddist.Client(**dask_options)
         pipeline.replace_all(dask_overrides())
         visitor = _BagPerPCollection(bag_kwargs, client)
         pipeline.visit(visitor)
         futures = client.compute(visitor.leaves(), optimize_graph=False)
-        result = beam_dask.DaskRunnerResult(client, futures)
-        result.side_inputs = visitor.persisted  # held until the run ends: their futures
-        return result
+        return _Result(client, futures, visitor.persisted)
