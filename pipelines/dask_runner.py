@@ -1,25 +1,27 @@
-"""Beam's DaskRunner with the three fixes the batch pipeline needs to give correct results.
+"""Beam's DaskRunner with the fixes the batch pipeline needs to give correct results.
 
     python -m freshindex.pipelines.batch ... \
         --runner freshindex.pipelines.dask_runner.DaskRunner --dask_client_address tcp://H:P
 
 Beam's own runner (``apache_beam.runners.dask.dask_runner.DaskRunner``, Beam 2.77) keeps
-one Dask bag per *transform*, not per PCollection, and so, on any pipeline with a
-multi-output ``ParDo`` (``.with_outputs``), silently gives wrong results:
+one Dask bag per *transform*, not per PCollection, and so gives wrong results on any
+pipeline with a multi-output ``ParDo`` (``.with_outputs``). What it does:
 
 1. every output of a multi-output ParDo holds the elements of *all* its outputs (an
    errors side input receives the documents too, a count counts both);
 2. elements a DoFn emits from ``finish_bundle`` are dropped (``BatchElements`` loses the
    last batch of each bundle: documents are neither embedded nor written);
-3. only the last transform's bag is computed: a branch that is not upstream of it (or
-   of a side input it reads) never runs.
+3. only the last transform's bag is computed: a branch not upstream of it never runs;
+4. the workers' ``FileSystems`` never get the pipeline options (``s3://`` fails).
 
 This subclass keeps Beam's translations (Create, ParDo, GroupByKey, Flatten) and changes
-only the bookkeeping around them: one bag per PCollection, a ParDo's elements tagged by
-output and split, bundle outputs collected after ``finish_bundle``, and every leaf
-computed. What it does not change is listed in docs/ARCHITECTURE.md ("On a distributed
-runner"): no state or timers, side inputs in the global window only, and a side input is
-recomputed (its upstream steps re-run) by every task that reads it.
+the bookkeeping around them: one bag per PCollection, a ParDo's elements tagged by output
+and split, bundle outputs collected after ``finish_bundle``, every leaf computed, the
+options set on the workers. It also persists each side input once on the cluster (Beam's
+runner recomputes a side input's whole upstream in every task that reads it) and closes
+its client after the run. What it leaves as it is (no state or timers, side inputs in the
+global window only, one partition from a small ``Create``) is in docs/ARCHITECTURE.md
+("On a distributed runner").
 """
 
 from __future__ import annotations
