@@ -107,3 +107,8 @@ class SchemaMismatch(TableError):
 
 class TooManyFailures(FreshIndexError):
     """More documents failed than ``ingest.max_failure_fraction`` allows (the run committed)."""
+
+
+class RunnerContractBroken(FreshIndexError, TypeError):
+    """A step received elements of another type than its input carries: the runner mixed
+    PCollections (Beam's DaskRunner mixes the outputs of a multi-output step)."""

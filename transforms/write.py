@@ -20,14 +20,21 @@ allowed it (``--allow-mass-delete``). Under the commit lock, documents that anot
 namespace took since the plan was made are dropped from the commit (``NamespaceConflict``).
 
 A run that dies before the commit leaves the table as it was; the next run redoes the work.
+
+Runners retry a failed bundle and may run one twice, so both steps are idempotent: a
+staged file is named by its rows (a retried bundle rewrites the same file), the commit
+uses each staged file once and each chunk id once, and the manifest and errors rows are
+recorded under the commit lock, last: a commit step that finds its run's manifest row
+returns it without committing again; one retried after a crash between its merges redoes
+them (upserts by chunk id) and ends as one clean commit would.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +47,7 @@ import pyarrow.parquet as pq
 
 from freshindex import store
 from freshindex.config import CommitConfig
+from freshindex.errors import RunnerContractBroken
 from freshindex.schemas.bookkeeping import RunRecord
 from freshindex.schemas.predicates import in_list
 from freshindex.schemas.records import KNOWN_BAD, EmbeddedDocument, ErrorRecord
@@ -106,10 +114,17 @@ class CommitResult:
     rows: int = 0
 
 
+def staged_name(table: pa.Table) -> str:
+    """A staged file's name, from its rows' identities: a retried or duplicated bundle that
+    stages the same documents writes the same file again, never a second copy beside it."""
+    ids = sorted(set(table["doc_id"].to_pylist())) + sorted(table["chunk_id"].to_pylist())
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:32] + ".parquet"
+
+
 def stage_rows(table: pa.Table, staging_uri: str) -> str:
     fs, root = store.filesystem(staging_uri)
     fs.create_dir(root, recursive=True)
-    name = f"{uuid.uuid4().hex}.parquet"  # a file name, not an identity: rows carry their ids
+    name = staged_name(table)
     path = f"{root.rstrip('/')}/{name}"
     pq.write_table(table, path, filesystem=fs)
     return f"{staging_uri.rstrip('/')}/{name}"
@@ -127,6 +142,22 @@ def remove_staging(staging_uri: str) -> None:
     fs, root = store.filesystem(staging_uri)
     with contextlib.suppress(FileNotFoundError, OSError):
         fs.delete_dir(root)
+
+
+def unique_staged(staged: Iterable[StagedBatch]) -> list[StagedBatch]:
+    """Each staged file once: a bundle that a runner ran twice staged the same file twice."""
+    return list({b.path: b for b in staged}.values())
+
+
+def drop_repeated_chunks(data: pa.Table) -> pa.Table:
+    """``data`` with each chunk id once (the first): a document staged by two bundles that
+    batched it differently must not make one merge match a row twice."""
+    ids = data["chunk_id"].to_pylist()
+    if len(set(ids)) == len(ids):
+        return data
+    seen: set[str] = set()
+    keep = [not (c in seen or seen.add(c)) for c in ids]
+    return data.filter(pa.array(keep))
 
 
 def group_for_commits(staged: Sequence[StagedBatch], max_rows: int) -> list[list[StagedBatch]]:
@@ -312,8 +343,14 @@ def commit_run(
         deleted = []
     updated_set = set(updated)
     deleted, status, notices = guard_deletes(spec, deleted, errors, docs_seen=docs_seen)
+    staged = unique_staged(staged)
     result = CommitResult()
     with store.commit_lock(spec.table.db_uri, spec.table.table, spec.commit) as lease:
+        done = store.read_runs(db, spec.table.table, run_id=spec.run_id)
+        if done:  # a retried or duplicated commit step: the run is in the table already
+            log.warning("run %s was committed already; not committing it again", spec.run_id)
+            remove_staging(spec.staging_uri)
+            return done[0]
         table = store.open_or_create_chunks(
             db,
             spec.table.table,
@@ -332,7 +369,7 @@ def commit_run(
             deleted = [d for d in deleted if d not in foreign]
         groups = group_for_commits(staged, spec.commit_max_rows)
         for i, group in enumerate(groups):
-            data = read_staged(b.path for b in group)
+            data = drop_repeated_chunks(read_staged(b.path for b in group))
             docs_here = {d for b in group for d in b.doc_ids} - foreign.keys()
             if foreign:
                 keep = pc.invert(pc.is_in(data["doc_id"], value_set=pa.array(sorted(foreign))))
@@ -371,36 +408,58 @@ def commit_run(
         lease_token = store.token_of(lease)  # read while held: a released lease has none
         tag = store.RUN_TAG_PREFIX + spec.run_id
         store.tag_version(table, tag, final_version)
-    if status == SUCCEEDED:  # conflicts found under the lock count as failures too
-        status = failure_status(spec, errors, docs_seen)
-    record = RunRecord(
-        run_id=spec.run_id,
-        kind=spec.kind,
-        table_name=spec.table.table,
-        source=spec.source,
-        settings=spec.settings,
-        status=status,
-        started_at=utc_time(spec.started_at),
-        finished_at=store.utcnow(),
-        docs_seen=docs_seen,
-        docs_skipped=docs_skipped,
-        docs_added=len(result.docs_written - updated_set),
-        docs_updated=len(result.docs_written & updated_set),
-        docs_deleted=result.docs_deleted,
-        docs_failed=len(_failed_ids(errors)),
-        chunks_embedded=sum(b.embedded for b in staged),
-        chunks_reused=sum(b.reused for b in staged),
-        chunks_written=result.rows,
-        table_version=final_version,
-        tag=tag,
-        docs_known_bad=sum(1 for e in errors if e.error_class == KNOWN_BAD),
-        lease_token=lease_token,
-    )
-    errors.extend(notices)
-    store.append_errors(db, spec.run_id, spec.table.table, errors)
-    store.append_run(db, record)
+        if status == SUCCEEDED:  # conflicts found under the lock count as failures too
+            status = failure_status(spec, errors, docs_seen)
+        record = RunRecord(
+            run_id=spec.run_id,
+            kind=spec.kind,
+            table_name=spec.table.table,
+            source=spec.source,
+            settings=spec.settings,
+            status=status,
+            started_at=utc_time(spec.started_at),
+            finished_at=store.utcnow(),
+            docs_seen=docs_seen,
+            docs_skipped=docs_skipped,
+            docs_added=len(result.docs_written - updated_set),
+            docs_updated=len(result.docs_written & updated_set),
+            docs_deleted=result.docs_deleted,
+            docs_failed=len(_failed_ids(errors)),
+            chunks_embedded=sum(b.embedded for b in staged),
+            chunks_reused=sum(b.reused for b in staged),
+            chunks_written=result.rows,
+            table_version=final_version,
+            tag=tag,
+            docs_known_bad=sum(1 for e in errors if e.error_class == KNOWN_BAD),
+            lease_token=lease_token,
+        )
+        errors.extend(notices)
+        # under the lock, last: a commit step retried after a crash before this point
+        # redoes the (idempotent) merges above; one retried after it returns above
+        if not store.read_errors(db, run_id=spec.run_id):  # one append: all or none
+            store.append_errors(db, spec.run_id, spec.table.table, errors)
+        store.append_run(db, record)
     remove_staging(spec.staging_uri)
     return record.to_dict()
+
+
+# What each list side input of the commit step holds; checked before anything is committed.
+COMMIT_INPUTS = {"staged": StagedBatch, "errors": ErrorRecord, "deleted": str, "updated": str}
+
+
+def check_commit_inputs(**inputs: Sequence[Any]) -> None:
+    """Refuse side inputs that hold other types than their PCollections carry: a runner
+    that mixes PCollections would otherwise feed documents or errors in as deletes."""
+    for name, values in inputs.items():
+        want = COMMIT_INPUTS[name]
+        wrong = next((v for v in values if not isinstance(v, want)), None)
+        if wrong is not None:
+            raise RunnerContractBroken(
+                f"the commit step's side input {name!r} holds a {type(wrong).__name__}, not "
+                f"a {want.__name__}: the runner mixed PCollections; nothing was committed",
+                hint="Beam's DaskRunner mixes the outputs of multi-output steps: run with "
+                "--runner freshindex.pipelines.dask_runner.DaskRunner (docs/ARCHITECTURE.md)",
+            )
 
 
 class _CommitFn(beam.DoFn):
@@ -408,6 +467,7 @@ class _CommitFn(beam.DoFn):
         self._spec = spec
 
     def process(self, _, staged, errors, deleted, updated, docs_seen, docs_skipped):
+        check_commit_inputs(staged=staged, errors=errors, deleted=deleted, updated=updated)
         started = time.monotonic()
         row = commit_run(self._spec, staged, errors, deleted, updated, docs_seen, docs_skipped)
         log.info("commit step took %.1fs", time.monotonic() - started)
