@@ -13,6 +13,7 @@ place a condition becomes SQL text, for an API that takes nothing else.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -60,7 +61,7 @@ def _check_literal(column: str, value: Any) -> Literal:
 class Condition:
     """``column = value``, ``column IN (values)`` or an AND of conditions (``op`` says which)."""
 
-    op: str  # "eq" | "in" | "and"
+    op: str  # "eq" | "in" | "ge" | "and"
     column: str | None = None
     values: tuple[Literal, ...] = ()
     parts: tuple[Condition, ...] = ()
@@ -74,6 +75,8 @@ class Condition:
             return col(self.column) == lit(self.values[0])
         if self.op == "in":
             return col(self.column).isin([lit(v) for v in self.values])
+        if self.op == "ge":
+            return col(self.column) >= lit(self.values[0])
         combined = None
         for part in self.parts:
             combined = part.expr() if combined is None else combined & part.expr()
@@ -91,6 +94,13 @@ def in_list(column: str, values: Iterable[Literal]) -> Condition:
     if not items:
         raise ValueError(f"in_list({column!r}): no values; skip the condition instead")
     return Condition("in", column, items)
+
+
+def at_least(column: str, value: dt.datetime) -> Condition:
+    """``column >= value``, for a timestamp column (``value`` timezone-aware)."""
+    if not isinstance(value, dt.datetime) or value.tzinfo is None:
+        raise TypeError(f"{column}: at_least takes a timezone-aware datetime, not {value!r}")
+    return Condition("ge", column, (value,))
 
 
 def and_(*conditions: Condition | None) -> Condition | None:
@@ -121,6 +131,9 @@ def where_sql(condition: Condition) -> str:
         return f"{condition.column} = {_sql_literal(condition.values[0])}"
     if condition.op == "in":
         return f"{condition.column} IN ({', '.join(map(_sql_literal, condition.values))})"
+    if condition.op == "ge":
+        stamp = condition.values[0].astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return f"{condition.column} >= CAST('{stamp}' AS TIMESTAMP)"
     return " AND ".join(f"({where_sql(p)})" for p in condition.parts)
 
 

@@ -31,7 +31,11 @@ recorded with each commit (``stream_batches``).
    produced in it, once drained, meets the goal; rates double while they pass, then bisect.
 
     python scripts/bench_stream.py --scale-out [--repeats 2] [--step-seconds 15]
-        [--storages local,s3] [--processes 1,2] [--out FILE.json] [--markdown FILE.md]
+        [--storages local,s3] [--processes 1,2] [--split-cores] [--out FILE.json]
+        [--markdown FILE.md]
+
+   ``--split-cores`` gives each of several processes its share of the cores
+   (``OMP_NUM_THREADS``): torch otherwise starts as many threads as there are cores in each.
 
 Why one script of ~450 lines: the broker, the producer at a fixed rate, the stream process
 and the report must be started, timed and stopped together to measure freshness.
@@ -294,6 +298,8 @@ def scale_out_case(args, docs, bootstrap, storage: str, n: int, env, work: Path)
         recorded = table_offsets(db, cfg.table, group)
         return all(recorded.get((tp.topic, tp.partition), 0) >= end for tp, end in logged.items())
 
+    if n > 1 and args.split_cores:  # each member gets its share of the cores
+        env = {**env, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))}
     streams = Streams(n, cfg_file, bootstrap, topic, work, env)
     steps = []
     try:
@@ -491,6 +497,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="scale-out: runs of each")
     parser.add_argument("--goal-p99", type=float, default=5.0, help="scale-out: seconds")
     parser.add_argument("--max-steps", type=int, default=6, help="scale-out: per case")
+    parser.add_argument(
+        "--split-cores",
+        action="store_true",
+        help="scale-out: OMP_NUM_THREADS = cores / processes for each of several processes",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
     parser.add_argument("--markdown", type=Path, default=None, help="write a report here")
     args = parser.parse_args()

@@ -210,3 +210,24 @@ def test_the_scanner_reads_what_the_old_regex_read(text):
 )
 def test_the_text_form_scanner(text, parts):
     assert _split_text_form(text) == parts
+
+
+def test_at_least_compares_timestamps_as_expression_and_as_sql(tmp_path):
+    import datetime as dt
+
+    import lancedb
+    import pyarrow as pa
+
+    from freshindex.schemas.predicates import at_least, where_sql
+
+    stamps = [dt.datetime(2026, m, 1, 12, tzinfo=dt.UTC) for m in (1, 6, 12)]
+    table = lancedb.connect(tmp_path).create_table(
+        "t", pa.table({"n": [1, 2, 3], "at": pa.array(stamps, pa.timestamp("us", tz="UTC"))})
+    )
+    cond = at_least("at", dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC))
+    assert table.search().where(cond.expr()).limit(None).to_arrow()["n"].to_pylist() == [2, 3]
+    assert sorted(
+        table.search().where(where_sql(cond)).limit(None).to_arrow()["n"].to_pylist()
+    ) == [2, 3]
+    with pytest.raises(TypeError):
+        at_least("at", dt.datetime(2026, 6, 1))  # naive: which zone?

@@ -9,6 +9,7 @@ same in-memory topic; split, each file would repeat that harness.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import time
@@ -590,3 +591,8 @@ def test_a_process_that_lost_its_partitions_commits_nothing(fake_cfg):
     assert "alpha second" in texts["a"] and set(texts) == {"a", "b"}
     runs = {b["run_id"] for b in store.read_stream_batches(store.connect(fake_cfg.db))}
     assert runs == {"owner"}
+    # the check reads only rows newer than its last one (less a clock-skew margin)
+    db = store.connect(fake_cfg.db)
+    assert store.read_stream_offsets(db, fake_cfg.table, owner._run.group_id) == {("docs", 0): 3}
+    later = store.utcnow() + dt.timedelta(seconds=1)
+    assert store.read_stream_offsets(db, fake_cfg.table, owner._run.group_id, since=later) == {}

@@ -4,6 +4,7 @@ filter with typed predicates (``freshindex.schemas.predicates``)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -14,7 +15,7 @@ from freshindex.schemas.bookkeeping import (
     RunRecord,
     StreamBatchRecord,
 )
-from freshindex.schemas.predicates import and_, eq
+from freshindex.schemas.predicates import and_, at_least, eq
 from freshindex.schemas.records import KNOWN_BAD, ErrorRecord
 from freshindex.schemas.tables import (
     ANN_STATE_TABLE,
@@ -146,9 +147,11 @@ def read_stream_batches(
     table_name: str | None = None,
     run_id: str | None = None,
     group_id: str | None = None,
+    since: dt.datetime | None = None,
     columns: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The stream's batch rows, oldest first, filtered by table, run and consumer group."""
+    """The stream's batch rows, oldest first, filtered by table, run and consumer group, and
+    committed at or after ``since``."""
     condition = and_(
         *(
             eq(column, value)
@@ -158,21 +161,27 @@ def read_stream_batches(
                 ("group_id", group_id),
             )
             if value is not None
-        )
+        ),
+        at_least("committed_at", since) if since is not None else None,
     )
     wanted = None if columns is None else sorted({*columns, "committed_at", "batch_seq"})
     rows = _read(db, STREAM_BATCHES_TABLE, condition, wanted)
     return sorted(rows, key=lambda r: (r["committed_at"], r["batch_seq"]))
 
 
-def read_stream_offsets(db, table_name: str, group_id: str) -> dict[tuple[str, int], int]:
+def read_stream_offsets(
+    db, table_name: str, group_id: str, *, since: dt.datetime | None = None
+) -> dict[tuple[str, int], int]:
     """(topic, partition) -> the next offset to consume, as recorded with the table's commits.
 
     The largest recorded offset wins, so rows of two runs (or a replayed batch) never move
-    the stream backwards.
+    the stream backwards. ``since``: only rows committed at or after it (a check that has
+    seen the older ones).
     """
     offsets: dict[tuple[str, int], int] = {}
-    rows = read_stream_batches(db, table_name=table_name, group_id=group_id, columns=["offsets"])
+    rows = read_stream_batches(
+        db, table_name=table_name, group_id=group_id, since=since, columns=["offsets"]
+    )
     for row in rows:
         for entry in row["offsets"] or ():
             key = (entry["topic"], int(entry["partition"]))

@@ -69,6 +69,9 @@ from freshindex.transforms.write import commit_changes
 
 log = logging.getLogger("freshindex.stream")
 
+# how far another machine's clock may lag this one's when it stamps a stream_batches row
+CLOCK_SKEW = dt.timedelta(minutes=2)
+
 
 @dataclass
 class BatchStats:
@@ -140,6 +143,7 @@ class BatchIndexer:
         self._settings = run_settings(self._cfg)
         self._upkeep = UpkeepSchedule(self._cfg.maintenance)
         self._highwater: dict[tuple[str, int], int] = {}
+        self._checked_at: dt.datetime | None = None  # the last ownership check
 
     def initial_progress(self) -> Progress:
         return initial_progress(self._run.starts, self._run.first_batch)
@@ -269,10 +273,17 @@ class BatchIndexer:
         read is still where this process left it (the largest offset recorded with the
         table's commits for the group equals the batch's start). Another member that took
         the partition over in a rebalance has recorded further: this batch is stale."""
-        recorded = store.read_stream_offsets(self._db, self._cfg.table, self._run.group_id)
+        # rows older than this process's last check were seen then (and only grow): read
+        # the newer ones, with a margin for the clocks of other machines
+        since = None if self._checked_at is None else self._checked_at - CLOCK_SKEW
+        checked_at = store.utcnow()
+        recorded = store.read_stream_offsets(
+            self._db, self._cfg.table, self._run.group_id, since=since
+        )
         lost = lost_partitions(claimed, recorded)
         if lost:
             raise PartitionsLost(self._run.group_id, lost)
+        self._checked_at = checked_at
 
     def commit_chunks(
         self, stats: BatchStats, data: pa.Table | None, written: set[str], deletes, lease
