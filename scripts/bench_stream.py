@@ -231,6 +231,8 @@ class Streams:
             command = [sys.executable, "-m", "freshindex.pipelines.stream", "--streaming"]
             command += ["--config", str(cfg_file), "--topics", topic]
             command += ["--kafka_bootstrap_servers", bootstrap, "--run_id", f"member{i}"]
+            # a group of its own per case: a broker may hold a used group's join for long
+            command += ["--group_id", f"bench-{topic}"]
             if n > 1:
                 command += ["--membership", "group"]
             self.procs.append(
@@ -288,7 +290,7 @@ def scale_out_case(args, docs, bootstrap, storage: str, n: int, env, work: Path)
     cfg_file.write_text(yaml.safe_dump(cfg.to_dict()))
     topic = f"scale-{case}"
     create_topic(bootstrap, topic, partitions=args.partitions)
-    group = f"freshindex-{cfg.table}"
+    group = f"bench-{topic}"
     tps = [TopicPartition(topic, p) for p in range(args.partitions)]
     ends = KafkaOffsets(KafkaSpec(bootstrap, (topic,), "bench-probe"))
     producer = Producer(bootstrap, topic, docs)
