@@ -96,7 +96,10 @@ class _LoadLedger(beam.DoFn):
             return
         table = store.open_chunks(store.connect(ref.db_uri), ref.table)
         table.checkout(ref.version)
-        yield from store.read_ledger(table).items()
+        # piece by piece: this worker never holds the whole ledger (a document whose chunks
+        # fall in two pieces is emitted twice, with the same entry; decide() takes the first)
+        for piece in store.iter_ledger(table):
+            yield from piece.items()
 
 
 class ReadLedger(beam.PTransform):
