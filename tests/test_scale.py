@@ -1,8 +1,11 @@
 """Nothing the batch run holds in one process grows with the corpus where it need not: the
-ledger is scanned in bounded pieces and a commit streams its staged files one at a time
+ledger is scanned in bounded pieces, a JSONL record is planned without its text, and a
+commit streams its staged files one at a time
 (the growth itself is measured by ``scripts/bench_scale.py``, docs/BENCHMARKS.md)."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -10,6 +13,16 @@ import pyarrow as pa
 from freshindex import store
 from freshindex.transforms import write
 from freshindex.transforms.plan import TableRef, _LoadLedger
+from freshindex.transforms.read import (
+    ERRORS_TAG,
+    _LoadRecord,
+    _ReadRecordRange,
+    byte_ranges,
+    lean_records,
+    lines_in_range,
+    ref_from_record,
+    resolve_source,
+)
 from tests.test_maintain import doc_rows, new_table
 
 
@@ -63,3 +76,56 @@ def test_a_commit_reads_its_staged_files_one_at_a_time(db_uri, tmp_path, monkeyp
     assert set(stored["doc_id"].to_pylist()) == expected
     assert sorted(stored["chunk_id"].to_pylist()) == sorted(written)
     assert len(written) == 11
+
+
+def test_byte_ranges_give_every_line_of_a_file_to_exactly_one_range(tmp_path):
+    lines = [b'{"_id": "a", "text": "x"}\n', b"\n", b"y" * 37 + b"\n", b"z", b""]
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b"".join(lines))
+    size = path.stat().st_size
+    for range_bytes in (1, 3, 7, 26, 27, 28, size, size + 5):
+        with path.open("rb") as handle:
+            got = [
+                piece
+                for start, end in byte_ranges(size, range_bytes)
+                for piece in lines_in_range(handle, start, end)
+            ]
+        offsets = [sum(len(x) for x in lines[:i]) for i in range(4)]
+        assert got == list(zip(offsets, lines[:4], strict=True)), range_bytes
+
+
+def test_a_record_is_planned_without_its_text_and_read_again_to_be_parsed(tmp_path):
+    records = [
+        {"_id": "r1", "title": "One", "text": "first record " * 20, "metadata": {"k": "v"}},
+        {"_id": "r2", "text": "second record"},
+    ]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    spec = resolve_source(str(path))
+    assert lean_records(spec)
+    refs = list(_ReadRecordRange(spec.raw).process((0, path.stat().st_size)))
+    assert [r.doc_id for r in refs] == ["r1", "r2"]
+    assert all(r.inline_text is None and r.title is None and not r.metadata for r in refs)
+    loader = _LoadRecord()
+    loader.start_bundle()
+    loaded = [next(iter(loader.process(r))) for r in refs]
+    loader.finish_bundle()
+    full = [ref_from_record(json.dumps(r), spec.raw) for r in records]
+    assert loaded == full  # text, title and metadata as if read in one pass
+
+    # the file changes between the plan and the parse: an error row, nothing parsed
+    records[0]["text"] = "rewritten " * 20
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    loader.start_bundle()
+    out = list(loader.process(refs[0]))
+    loader.finish_bundle()
+    assert len(out) == 1 and out[0].tag == ERRORS_TAG
+    error = out[0].value
+    assert (error.error_class, error.doc_id, error.permanent) == ("SourceChanged", "r1", False)
+
+
+def test_a_compressed_or_globbed_jsonl_source_is_read_whole(tmp_path):
+    (tmp_path / "c.jsonl.gz").write_bytes(b"")
+    assert not lean_records(resolve_source(str(tmp_path / "c.jsonl.gz")))
+    assert not lean_records(resolve_source("s3://bucket/corpus/*.jsonl"))
+    assert lean_records(resolve_source("s3://bucket/corpus/c.jsonl"))
