@@ -14,7 +14,8 @@ which the in-process DirectRunner also runs the commit; Beam SDK workers; parse 
 and of the whole tree. It prints a table, writes ``--json`` and plots ``--plot``.
 
     python scripts/bench_scale.py --sizes 10000 100000 1000000 --scifact 1000 5000
-    python scripts/bench_scale.py --sizes 10000 --scifact 0       # a quick run
+    python scripts/bench_scale.py --sizes 10000 --scifact         # a quick run
+    python scripts/bench_scale.py --baseline ../main ...          # before/after, same run
 """
 
 from __future__ import annotations
@@ -138,9 +139,12 @@ class Measurement:
     roles_mb: dict[str, float]
     chunks_written: int
     commit_s: float | None
+    upkeep_s: float | None = None
 
 
 def ingest(corpus: Path, db: Path, env: dict, workers: int, interval: float) -> Measurement:
+    """One ``freshindex ingest`` in a fresh process (from the checkout on ``env``'s
+    PYTHONPATH), its process tree's RSS sampled while it runs."""
     beam = []
     if workers > 1:
         beam = [
@@ -149,11 +153,16 @@ def ingest(corpus: Path, db: Path, env: dict, workers: int, interval: float) -> 
             "--direct_running_mode",
             "multi_processing",
         ]
-    cmd = [sys.executable, "-m", "freshindex.cli", "ingest", str(corpus)]
+    cmd = [sys.executable, "-m", "freshindex.cli", "ingest", str(corpus.resolve())]
     cmd += ["--db", str(db), "--table", TABLE, "--json", "--verbose", *beam]
     started = time.perf_counter()
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd,
+        cwd=env["PYTHONPATH"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     sampler = TreeSampler(proc.pid, interval)
     thread = threading.Thread(target=sampler.run, daemon=True)
@@ -166,10 +175,12 @@ def ingest(corpus: Path, db: Path, env: dict, workers: int, interval: float) -> 
         sys.stderr.write(err[-4000:])
         raise SystemExit(f"ingest failed ({proc.returncode}): {' '.join(cmd)}")
     row = json.loads(out[out.index("{") :])
-    commit_s = None
+    commit_s = upkeep_s = None
     for line in err.splitlines():
         if "commit step took" in line:
             commit_s = float(line.rsplit("took", 1)[1].strip().rstrip("s"))
+        if "freshindex.batch: maintained" in line:
+            upkeep_s = float(line.split(" in ", 1)[1].split("s ", 1)[0])
     return Measurement(
         series="",
         docs=0,
@@ -180,6 +191,7 @@ def ingest(corpus: Path, db: Path, env: dict, workers: int, interval: float) -> 
         roles_mb={r: round(v / 2**20, 1) for r, v in sorted(sampler.by_role().items())},
         chunks_written=int(row["chunks_written"]),
         commit_s=commit_s,
+        upkeep_s=upkeep_s,
     )
 
 
@@ -198,8 +210,8 @@ def measure(series, corpus, docs, env, workers, interval, workdir) -> list[Measu
 
 HEADER = (
     "| series | docs | workers | run | wall s | tree peak MB | launcher MB | "
-    "largest beam worker MB | chunks written | commit s |\n"
-    "|---|---|---|---|---|---|---|---|---|---|"
+    "largest beam worker MB | chunks written | commit s | upkeep s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -209,7 +221,8 @@ def format_row(m: Measurement) -> str:
         f"| {m.series} | {m.docs:,} | {m.workers} | {m.run} | {m.wall_s:.1f} | "
         f"{m.tree_peak_mb:,.0f} | {m.roles_mb.get('launcher', 0):,.0f} | "
         f"{'-' if worker is None else f'{worker:,.0f}'} | {m.chunks_written:,} | "
-        f"{'-' if m.commit_s is None else f'{m.commit_s:.1f}'} |"
+        f"{'-' if m.commit_s is None else f'{m.commit_s:.1f}'} | "
+        f"{'-' if m.upkeep_s is None else f'{m.upkeep_s:.1f}'} |"
     )
 
 
@@ -253,13 +266,28 @@ def main() -> int:
         type=Path,
         default=Path(os.environ.get("FRESHINDEX_SCIFACT_CORPUS", DEFAULT_SCIFACT)),
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. the main branch) measured on --baseline-sizes in the "
+        "same run, as series 'fake-hash (baseline)'",
+    )
+    parser.add_argument("--baseline-sizes", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--interval", type=float, default=0.25, help="RSS sampling period")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temp folder")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--plot", type=Path, default=None, help="write the PNG plot here")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="earlier --json results to print and plot with this run's",
+    )
     args = parser.parse_args()
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="bench-scale-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     base_env = {
         **os.environ,
@@ -271,12 +299,24 @@ def main() -> int:
     print(f"# {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(HEADER, flush=True)
     results: list[Measurement] = []
+    for earlier in args.merge:
+        results += [Measurement(**m) for m in json.loads(earlier.read_text())]
+    for m in results:
+        print(format_row(m))
     fake_env = {**base_env, "FRESHINDEX_EMBEDDING__MODEL": "fake-hash"}
-    for n in args.sizes:
+    baseline_env = None
+    if args.baseline is not None:
+        baseline_env = {**fake_env, "PYTHONPATH": str(args.baseline.resolve())}
+    for n in sorted(set(args.sizes) | set(args.baseline_sizes if baseline_env else ())):
         corpus = workdir / f"small-{n}.jsonl"
         if not corpus.exists():
             generate_corpus(corpus, n)
-        results += measure("fake-hash", corpus, n, fake_env, 1, args.interval, workdir)
+        if baseline_env is not None and n in args.baseline_sizes:
+            results += measure(
+                "fake-hash (baseline)", corpus, n, baseline_env, 1, args.interval, workdir
+            )
+        if n in args.sizes:
+            results += measure("fake-hash", corpus, n, fake_env, 1, args.interval, workdir)
         corpus.unlink()
     if args.scifact and not args.scifact_corpus.exists():
         print(f"skip the SciFact series: {args.scifact_corpus} not found (--scifact-corpus)")
