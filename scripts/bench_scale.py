@@ -232,7 +232,7 @@ def plot(results: list[Measurement], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 6.2))
     series = sorted({(m.series, m.workers, m.run) for m in results})
     for name, workers, run in series:
         points = sorted(
@@ -243,16 +243,17 @@ def plot(results: list[Measurement], path: Path) -> None:
         style = "-o" if run == "first" else "--s"
         docs = [m.docs for m in points]
         ax_t.plot(docs, [m.wall_s for m in points], style, label=label)
-        ax_m.plot(docs, [m.tree_peak_mb for m in points], style, label=label)
-    for ax, ylabel in ((ax_t, "wall time (s)"), (ax_m, "peak RSS, whole process tree (MB)")):
+        ax_m.plot(docs, [max(m.roles_mb.values()) for m in points], style, label=label)
+    for ax, ylabel in ((ax_t, "wall time (s)"), (ax_m, "peak RSS of the largest process (MB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("documents")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-    ax_m.legend(fontsize=7)
+    handles, labels = ax_t.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8)
     fig.suptitle("freshindex batch ingest: growth with the corpus (scripts/bench_scale.py)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.22, 1, 1))
     fig.savefig(path, dpi=110)
 
 
