@@ -6,7 +6,8 @@
         [--runner DirectRunner --direct_num_workers 2 --direct_running_mode multi_processing]
 
 List -> Screen (an unchanged listing is skipped unread) -> Hash -> Plan (against the
-table's ledger) -> Parse -> Chunk -> Embed -> Write (stage, then one serialized commit).
+table's ledger) -> LoadRecords (a JSONL record's text, read again) -> Parse -> Chunk ->
+Embed -> Write (stage, then one serialized commit).
 Every step is a transform from ``transforms/``; the streaming pipeline composes the same
 ones.
 """
@@ -45,6 +46,7 @@ from freshindex.transforms.read import (
     ERRORS_TAG,
     HashFiles,
     ListSource,
+    LoadRecords,
     ReadSource,
     SourceSpec,
     resolve_source,
@@ -97,7 +99,10 @@ def build_ingest(
     known_bad = (
         None if retry_failed else p | "KnownBad" >> ReadKnownFailures(run.table, failures_fp)
     )
-    parsed = plan.process | "Parse" >> Parse(
+    # a JSONL record is planned without its text (read.lean_records); only the records to
+    # process are read again, so no step before the parse holds the corpus's text
+    loaded = plan.process | "LoadRecords" >> LoadRecords()
+    parsed = loaded.refs | "Parse" >> Parse(
         cfg.parsing, fingerprint=failures_fp, known_bad=known_bad
     )
     chunked = parsed.docs | "Chunk" >> ChunkDocuments(cfg.chunking, cfg.embedding)
@@ -107,6 +112,7 @@ def build_ingest(
     errors = (
         read_errors,
         plan.errors,
+        loaded.errors,
         parsed.errors,
         chunked.errors,
         embedded.errors,

@@ -69,6 +69,9 @@ class SourceRef:
     modification time), so an unchanged file is recognised without reading it; None where
     the source has no such metadata (records, messages). A file as listed but not read yet
     has an empty ``content_hash`` (``freshindex.transforms.read.ListSource``).
+    ``record_offset`` is the byte offset of a JSONL record's line in its file: the batch
+    plan carries such a record without its text (so the plan's join does not hold the
+    corpus), and ``freshindex.transforms.read.LoadRecords`` reads it again to parse it.
     """
 
     doc_id: str
@@ -81,6 +84,7 @@ class SourceRef:
     inline_text: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     source_version: str | None = None
+    record_offset: int | None = None
 
 
 @dataclass(frozen=True)

@@ -296,6 +296,7 @@ def scale_out_case(args, docs, bootstrap, storage: str, n: int, env, work: Path)
     producer = Producer(bootstrap, topic, docs)
 
     def drained() -> bool:
+        time.sleep(0.8)  # each look reads the table's stream_batches: not too often (on S3)
         logged = ends.log_end(tps)
         recorded = table_offsets(db, cfg.table, group)
         return all(recorded.get((tp.topic, tp.partition), 0) >= end for tp, end in logged.items())

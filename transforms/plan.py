@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ from freshindex.schemas.records import ErrorRecord, SourceRef
 from freshindex.store.ledger import record_source_versions
 
 log = logging.getLogger(__name__)
+PICKLE_PROTOCOL = 5
 
 PROCESS, SKIPPED, UPDATED, DELETED, ERRORS = "process", "skipped", "updated", "deleted", "errors"
 UNCHANGED, TO_READ, REFRESHED = "unchanged", "to_read", "refreshed"
@@ -90,13 +92,48 @@ def namespace_conflict(
     )
 
 
+_REF_FIELDS = tuple(f.name for f in dataclasses.fields(SourceRef))
+
+
+def packed_ref(ref: SourceRef) -> bytes:
+    """A ref as the plan's joins carry it: its field values pickled, a few hundred bytes.
+    The in-memory runner's shuffle keeps each grouped value as a Python object, and a
+    SourceRef or LedgerEntry object costs several times its packed bytes (docs/BENCHMARKS.md,
+    scaling)."""
+    return pickle.dumps(tuple(getattr(ref, name) for name in _REF_FIELDS), PICKLE_PROTOCOL)
+
+
+def unpacked_ref(packed: bytes) -> SourceRef:
+    return SourceRef(*pickle.loads(packed))
+
+
+def packed_entry(entry: Sequence) -> bytes:
+    """A ledger entry as the plan's joins carry it (``packed_ref``)."""
+    return pickle.dumps(tuple(entry), PICKLE_PROTOCOL)
+
+
+def unpacked_entry(packed: bytes) -> store.LedgerEntry:
+    return store.LedgerEntry(*pickle.loads(packed))
+
+
+def _keyed_packed_ref(ref: SourceRef) -> tuple[str, bytes]:
+    return ref.doc_id, packed_ref(ref)
+
+
+def _packed_ledger(item: tuple[str, Sequence]) -> tuple[str, bytes]:
+    return item[0], packed_entry(item[1])
+
+
 class _LoadLedger(beam.DoFn):
     def process(self, ref: TableRef) -> Iterator[tuple[str, store.LedgerEntry]]:
         if ref.version is None:
             return
         table = store.open_chunks(store.connect(ref.db_uri), ref.table)
         table.checkout(ref.version)
-        yield from store.read_ledger(table).items()
+        # piece by piece: this worker never holds the whole ledger (a document whose chunks
+        # fall in two pieces is emitted twice, with the same entry; decide() takes the first)
+        for piece in store.iter_ledger(table):
+            yield from piece.items()
 
 
 class ReadLedger(beam.PTransform):
@@ -214,7 +251,8 @@ class _Screen(beam.DoFn):
 
     def process(self, grouped):
         _, groups = grouped
-        refs, ledger = list(groups["listed"]), list(groups["ledger"])
+        refs = [unpacked_ref(r) for r in groups["listed"]]
+        ledger = [unpacked_entry(e) for e in groups["ledger"]]
         for tag, ref in screen(
             refs, ledger, self._fingerprint, self._owns, namespace=self._namespace
         ):
@@ -232,10 +270,9 @@ class ScreenListing(beam.PTransform):
         self._fingerprint, self._namespace, self._owns = fingerprint, namespace, owns
 
     def expand(self, inputs):
-        keyed = inputs["listed"] | "KeyListed" >> beam.Map(lambda r: (r.doc_id, r))
-        grouped = {"listed": keyed, "ledger": inputs["ledger"]} | "JoinLedger" >> (
-            beam.CoGroupByKey()
-        )
+        keyed = inputs["listed"] | "KeyListed" >> beam.Map(_keyed_packed_ref)
+        ledger = inputs["ledger"] | "PackLedger" >> beam.Map(_packed_ledger)
+        grouped = {"listed": keyed, "ledger": ledger} | "JoinLedger" >> beam.CoGroupByKey()
         return grouped | "Screen" >> beam.ParDo(
             _Screen(self._fingerprint, self._namespace, self._owns)
         ).with_outputs(UNCHANGED, main=TO_READ)
@@ -304,7 +341,8 @@ class _Decide(beam.DoFn):
 
     def process(self, grouped):
         doc_id, groups = grouped
-        refs, ledger = list(groups["refs"]), list(groups["ledger"])
+        refs = [unpacked_ref(r) for r in groups["refs"]]
+        ledger = [unpacked_entry(e) for e in groups["ledger"]]
         failed = any(True for _ in groups.get("failed", ()))
         for tag, value in decide(
             doc_id,
@@ -336,8 +374,10 @@ class PlanChanges(beam.PTransform):
         self._namespace, self._owns = namespace, owns
 
     def expand(self, inputs):
-        keyed_refs = inputs["refs"] | "KeyRefs" >> beam.Map(lambda r: (r.doc_id, r))
-        joined = {"refs": keyed_refs, "ledger": inputs["ledger"]}
+        # packed (``packed_ref``): the join holds every document of the source and the table
+        keyed_refs = inputs["refs"] | "KeyRefs" >> beam.Map(_keyed_packed_ref)
+        ledger = inputs["ledger"] | "PackLedger" >> beam.Map(_packed_ledger)
+        joined = {"refs": keyed_refs, "ledger": ledger}
         if "failed" in inputs:
             joined["failed"] = inputs["failed"]
         grouped = joined | "JoinLedger" >> beam.CoGroupByKey()

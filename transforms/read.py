@@ -23,13 +23,14 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
 
-from freshindex.errors import SourceError
+from freshindex.errors import SourceChanged, SourceError
 from freshindex.schemas.records import ErrorRecord, SourceRef, check_metadata, sha256_hex
 from freshindex.store.connection import is_local
 from freshindex.transforms.parse import RECORD_CONTENT_TYPE, content_type_for
@@ -288,6 +289,141 @@ class _RefFromRecord(beam.DoFn):
             )
 
 
+# A single JSONL file is read in byte ranges of this size, one range per element, so
+# several workers share a large corpus.
+RECORD_RANGE_BYTES = 32 << 20
+
+
+def byte_ranges(size: int, range_bytes: int = RECORD_RANGE_BYTES) -> list[tuple[int, int]]:
+    """[start, end) ranges that cover ``size`` bytes.
+
+    >>> byte_ranges(10, 4)
+    [(0, 4), (4, 8), (8, 10)]
+    """
+    return [(start, min(start + range_bytes, size)) for start in range(0, size, range_bytes)]
+
+
+def lines_in_range(handle, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) of every line of a seekable binary ``handle`` that starts in
+    [start, end): each line of a file belongs to exactly one of ``byte_ranges``."""
+    if start > 0:
+        handle.seek(start - 1)
+        handle.readline()  # the rest of a line that started before ``start``
+    else:
+        handle.seek(0)
+    offset = handle.tell()
+    while offset < end:
+        line = handle.readline()
+        if not line:
+            return
+        yield offset, line
+        offset += len(line)
+
+
+def lean_record_ref(ref: SourceRef, offset: int) -> SourceRef:
+    """``ref`` without its text, title and metadata, with where its line starts: what the
+    plan needs, a fraction of the record's size."""
+    return dataclasses.replace(ref, title=None, inline_text=None, metadata={}, record_offset=offset)
+
+
+def _open_binary(path: str):
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+class _ReadRecordRange(beam.DoFn):
+    """A byte range of one JSONL file -> a lean SourceRef per record (``lean_record_ref``),
+    or a ``read`` ErrorRecord for a bad record."""
+
+    def __init__(self, path: str):
+        self._path = path
+
+    def process(self, byte_range: tuple[int, int]) -> Iterator[SourceRef]:
+        start, end = byte_range
+        with _open_binary(self._path) as handle:
+            for offset, raw in lines_in_range(handle, start, end):
+                line = raw.decode("utf-8", errors="replace")
+                if not line.strip():
+                    continue
+                try:
+                    yield lean_record_ref(ref_from_record(line, self._path), offset)
+                except (ValueError, TypeError) as exc:
+                    yield beam.pvalue.TaggedOutput(
+                        ERRORS_TAG,
+                        ErrorRecord.from_exception(
+                            "read", exc, doc_id=None, source_uri=f"{self._path}: {line[:80]}"
+                        ),
+                    )
+
+
+def _record_ranges(path: str) -> list[tuple[int, int]]:
+    return byte_ranges(FileSystems.match([path])[0].metadata_list[0].size_in_bytes)
+
+
+class _LoadRecord(beam.DoFn):
+    """A lean record ref -> the record read again at its offset, with its text; an error
+    row (``SourceChanged``) when the line there is no longer the record that was planned
+    (the file changed during the run: the next run indexes it). Other refs pass through."""
+
+    def start_bundle(self) -> None:
+        self._handles: dict[str, Any] = {}
+
+    def finish_bundle(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles = {}
+
+    def process(self, ref: SourceRef) -> Iterator[SourceRef]:
+        if ref.record_offset is None:
+            yield ref
+            return
+        path = ref.source_uri.rpartition("#")[0]
+        try:
+            if path not in self._handles:
+                self._handles[path] = _open_binary(path)
+            handle = self._handles[path]
+            handle.seek(ref.record_offset)
+            line = handle.readline().decode("utf-8", errors="replace")
+            full = ref_from_record(line, path)
+            if (full.doc_id, full.content_hash) != (ref.doc_id, ref.content_hash):
+                raise SourceChanged(
+                    f"record {ref.doc_id!r} at byte {ref.record_offset} of {path} changed "
+                    "during the run",
+                    doc_id=ref.doc_id,
+                    hint="nothing was written for it; the next run indexes the file as it is",
+                )
+        except Exception as exc:  # changed or unreadable: recorded, the run goes on
+            yield beam.pvalue.TaggedOutput(
+                ERRORS_TAG,
+                ErrorRecord.from_exception(
+                    "read", exc, doc_id=ref.doc_id, source_uri=ref.source_uri
+                ),
+            )
+            return
+        yield full
+
+
+class LoadRecords(beam.PTransform):
+    """Refs the plan decided to process -> the same refs with their record's text read
+    again (``SourceRef.record_offset``; other refs unchanged) (``.refs``), and ``read``
+    ErrorRecords of records that changed since they were listed (``.errors``)."""
+
+    def expand(self, refs):
+        return refs | "LoadRecord" >> beam.ParDo(_LoadRecord()).with_outputs(
+            ERRORS_TAG, main="refs"
+        )
+
+
+def lean_records(spec: SourceSpec) -> bool:
+    """Whether the records of a JSONL source are listed without their text
+    (``lean_record_ref``): one plain, uncompressed file, which can be read again at an
+    offset; a glob or a .gz is read whole, text and all."""
+    return (
+        spec.kind == "jsonl"
+        and not spec.raw.endswith(".gz")
+        and not any(_GLOB_CHARS & set(part) for part in spec.raw.split("/"))
+    )
+
+
 class ListSource(beam.PTransform):
     """Source -> SourceRef (``.refs``) and ErrorRecord (``.errors``) without reading a file:
     a file's ref carries its listing metadata and an empty content hash (``HashFiles``
@@ -299,6 +435,15 @@ class ListSource(beam.PTransform):
 
     def expand(self, pbegin):
         spec = self._spec
+        if lean_records(spec):
+            return (
+                pbegin
+                | "RecordFile" >> beam.Create([spec.raw])
+                | "ByteRanges" >> beam.FlatMap(_record_ranges)
+                | "SpreadRanges" >> beam.Reshuffle()
+                | "ReadRecords"
+                >> beam.ParDo(_ReadRecordRange(spec.raw)).with_outputs(ERRORS_TAG, main="refs")
+            )
         if spec.kind == "jsonl":
             lines = pbegin | "ReadJsonLines" >> beam.io.ReadFromText(spec.pattern)
             return lines | "RecordToRef" >> beam.ParDo(_RefFromRecord(spec.raw)).with_outputs(

@@ -106,10 +106,12 @@ class StagedBatch:
 
 @dataclass
 class CommitResult:
-    """What one commit did; summed over a run into the manifest."""
+    """What one commit did; summed over a run into the manifest. Counts, not sets of ids:
+    a document's rows are staged in one file, so the groups' documents are disjoint."""
 
     versions: list[int] = field(default_factory=list)
-    docs_written: set[str] = field(default_factory=set)
+    docs_added: int = 0
+    docs_updated: int = 0
     docs_deleted: int = 0
     rows: int = 0
 
@@ -130,12 +132,53 @@ def stage_rows(table: pa.Table, staging_uri: str) -> str:
     return f"{staging_uri.rstrip('/')}/{name}"
 
 
-def read_staged(paths: Iterable[str]) -> pa.Table:
+def read_staged(paths: Iterable[str], columns: Sequence[str] | None = None) -> pa.Table:
     tables = []
     for path in paths:
         fs, p = store.filesystem(path)
-        tables.append(pq.read_table(p, filesystem=fs))
+        tables.append(pq.read_table(p, filesystem=fs, columns=columns))
     return pa.concat_tables(tables) if tables else None
+
+
+def _without_docs(data: pa.Table, doc_ids: pa.Array | None) -> pa.Table:
+    if doc_ids is None:
+        return data
+    return data.filter(pc.invert(pc.is_in(data["doc_id"], value_set=doc_ids)))
+
+
+def staged_rows(
+    paths: Sequence[str], schema: pa.Schema, exclude_docs: Iterable[str] = ()
+) -> pa.RecordBatchReader:
+    """The rows of the staged files at ``paths`` as one stream in the table's ``schema``,
+    read one file at a time while the merge consumes them: a commit of ``commit_max_rows``
+    rows never holds more than one staged file in memory. Rows of ``exclude_docs`` are
+    left out (documents another namespace took since the plan)."""
+    excluded = sorted(set(exclude_docs))
+    drop = pa.array(excluded, pa.string()) if excluded else None
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        seen: set[str] = set()  # each chunk id once in one merge (drop_repeated_chunks)
+        for path in paths:
+            fs, p = store.filesystem(path)
+            data = _without_docs(pq.read_table(p, filesystem=fs), drop)
+            data = drop_repeated_chunks(data, seen)
+            # by name, in the table's order: columns added by upgrades (namespace,
+            # source_version) stand at the end of an old table but in their pinned place
+            # in new rows
+            yield from data.select(schema.names).cast(schema).to_batches()
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def staged_chunk_ids(paths: Sequence[str], exclude_docs: Iterable[str] = ()) -> list[str]:
+    """The chunk ids of the staged files at ``paths`` (two columns read, not the rows), less
+    those of ``exclude_docs``: what the commit of these files must leave in the table."""
+    excluded = sorted(set(exclude_docs))
+    keys = read_staged(paths, columns=["chunk_id", "doc_id"])
+    if keys is None:
+        return []
+    keys = _without_docs(keys, pa.array(excluded, pa.string()) if excluded else None)
+    return list(dict.fromkeys(keys["chunk_id"].to_pylist()))  # once each, as merged
 
 
 def remove_staging(staging_uri: str) -> None:
@@ -149,15 +192,14 @@ def unique_staged(staged: Iterable[StagedBatch]) -> list[StagedBatch]:
     return list({b.path: b for b in staged}.values())
 
 
-def drop_repeated_chunks(data: pa.Table) -> pa.Table:
-    """``data`` with each chunk id once (the first): a document staged by two bundles that
-    batched it differently must not make one merge match a row twice."""
+def drop_repeated_chunks(data: pa.Table, seen: set[str] | None = None) -> pa.Table:
+    """``data`` with each chunk id once (the first), also leaving out those in ``seen``
+    (updated in place): a document staged by two bundles that batched it differently must
+    not make one merge match a row twice."""
+    seen = set() if seen is None else seen
     ids = data["chunk_id"].to_pylist()
-    if len(set(ids)) == len(ids):
-        return data
-    seen: set[str] = set()
     keep = [not (c in seen or seen.add(c)) for c in ids]
-    return data.filter(pa.array(keep))
+    return data if all(keep) else data.filter(pa.array(keep))
 
 
 def group_for_commits(staged: Sequence[StagedBatch], max_rows: int) -> list[list[StagedBatch]]:
@@ -178,21 +220,23 @@ def group_for_commits(staged: Sequence[StagedBatch], max_rows: int) -> list[list
 
 def commit_changes(
     table,
-    data: pa.Table | None,
+    data: pa.Table | pa.RecordBatchReader | None,
     *,
     replace_docs: Iterable[str] = (),
     delete_docs: Iterable[str] = (),
 ) -> int | None:
     """One atomic commit: upsert ``data`` by chunk id; drop other chunks of ``replace_docs``
-    and every chunk of ``delete_docs``. Returns the new version, or None if nothing to do."""
+    and every chunk of ``delete_docs``. Returns the new version, or None if nothing to do.
+    ``data`` may be a stream (``staged_rows``, in the table's schema): the merge reads it
+    batch by batch."""
     clear = sorted(set(replace_docs) | set(delete_docs))
     condition = in_list("doc_id", clear).expr() if clear else None
-    if data is None or data.num_rows == 0:
+    if data is None or (isinstance(data, pa.Table) and data.num_rows == 0):
         if condition is None:
             return None
         table.delete(condition)
         return table.version
-    if data.schema != table.schema:
+    if isinstance(data, pa.Table) and data.schema != table.schema:
         # by name, in the table's order: columns added by upgrades (namespace, source_version)
         # stand at the end of an old table but in their pinned place in new rows
         data = data.select(table.schema.names).cast(table.schema)
@@ -369,11 +413,11 @@ def commit_run(
             deleted = [d for d in deleted if d not in foreign]
         groups = group_for_commits(staged, spec.commit_max_rows)
         for i, group in enumerate(groups):
-            data = drop_repeated_chunks(read_staged(b.path for b in group))
+            paths = [b.path for b in group]
             docs_here = {d for b in group for d in b.doc_ids} - foreign.keys()
-            if foreign:
-                keep = pc.invert(pc.is_in(data["doc_id"], value_set=pa.array(sorted(foreign))))
-                data = data.filter(keep)
+            chunk_ids = staged_chunk_ids(paths, foreign.keys())
+            # streamed file by file into the merge, never concatenated (staged_rows)
+            data = staged_rows(paths, table.schema, foreign.keys()) if docs_here else None
             last = i == len(groups) - 1
             store.check_held(lease)  # a holder that stalled past its TTL never commits
             version = commit_changes(
@@ -386,15 +430,16 @@ def commit_run(
                 db,
                 spec.table.table,
                 version,
-                chunk_ids=data["chunk_id"].to_pylist(),
+                chunk_ids=chunk_ids,
                 replaced_docs=docs_here & updated_set,
                 deleted_docs=deleted if last else (),
             )
             result.versions.append(version)
-            result.docs_written |= docs_here
-            result.rows += data.num_rows
+            result.docs_updated += len(docs_here & updated_set)
+            result.docs_added += len(docs_here) - len(docs_here & updated_set)
+            result.rows += len(chunk_ids)
             log.info(
-                "commit %d/%d: %d rows -> version %s", i + 1, len(groups), data.num_rows, version
+                "commit %d/%d: %d rows -> version %s", i + 1, len(groups), len(chunk_ids), version
             )
         if not groups and deleted:
             store.check_held(lease)
@@ -421,8 +466,8 @@ def commit_run(
             finished_at=store.utcnow(),
             docs_seen=docs_seen,
             docs_skipped=docs_skipped,
-            docs_added=len(result.docs_written - updated_set),
-            docs_updated=len(result.docs_written & updated_set),
+            docs_added=result.docs_added,
+            docs_updated=result.docs_updated,
             docs_deleted=result.docs_deleted,
             docs_failed=len(_failed_ids(errors)),
             chunks_embedded=sum(b.embedded for b in staged),

@@ -49,7 +49,13 @@ from freshindex.store.indexes import (
     refresh_fts_index,
 )
 from freshindex.store.lease import CommitLease, LeaseLost, LeaseTimeout
-from freshindex.store.ledger import LedgerEntry, ledger_of, lookup_vectors, read_ledger
+from freshindex.store.ledger import (
+    LedgerEntry,
+    iter_ledger,
+    ledger_of,
+    lookup_vectors,
+    read_ledger,
+)
 from freshindex.store.lock import CommitNotCoordinated, check_held, commit_lock, token_of
 from freshindex.store.runlock import RunInProgress, RunSkipped, run_lock
 from freshindex.store.staging import remove_stale_staging, staging_dir, staging_root
@@ -94,6 +100,7 @@ __all__ = [
     "filesystem",
     "fts_unindexed_rows",
     "is_local",
+    "iter_ledger",
     "last_ann_state",
     "ledger_of",
     "lookup_vectors",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import socket
 import threading
 import time
@@ -37,6 +38,7 @@ from urllib.parse import urlparse
 from freshindex.errors import FreshIndexError
 
 LEASE_FOLDER = "_leases"
+FIRST_POLL_S = 0.05  # a waiter's first look again; the wait grows to poll_s
 
 
 class LeaseTimeout(FreshIndexError):
@@ -158,6 +160,9 @@ class CommitLease:
 
     def acquire(self) -> CommitLease:
         started = time.monotonic()
+        # most holds are one commit (well under a second): look again soon, then less
+        # often; jittered, so waiters that lost together do not retry together
+        wait = min(FIRST_POLL_S, self._poll_s)
         while not self._try_take():
             if self._timeout_s is not None and time.monotonic() - started > self._timeout_s:
                 current, _ = self._object.read()
@@ -165,7 +170,8 @@ class CommitLease:
                     f"the commit lease is held by {current.holder if current else '?'}",
                     hint="another writer is committing; a dead one releases it after its TTL",
                 )
-            time.sleep(self._poll_s)
+            time.sleep(wait * random.uniform(0.5, 1.0))
+            wait = min(wait * 1.5, self._poll_s)
         self._stop.clear()
         self._lost.clear()
         self._renewer = threading.Thread(target=self._renew_loop, daemon=True, name="lease")

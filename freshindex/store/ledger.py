@@ -3,7 +3,7 @@ hash, settings fingerprint, source, owner) and the vectors it already holds."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import pyarrow as pa
@@ -15,6 +15,8 @@ from freshindex.store.upgrade import upgrade_chunks
 
 # Lookups by key send at most this many values in one IN list.
 LOOKUP_BATCH = 500
+# A whole-table ledger scan holds at most this many rows as Python objects at once.
+LEDGER_SCAN_BATCH = 8192
 
 
 class LedgerEntry(NamedTuple):
@@ -54,9 +56,23 @@ def _ledger_columns(table) -> list[str]:
 
 
 def read_ledger(table) -> dict[str, LedgerEntry]:
-    """doc_id -> LedgerEntry of every document in the table."""
-    rows = table.search().select(_ledger_columns(table)).limit(None).to_arrow()
-    return _ledger_rows(rows)
+    """doc_id -> LedgerEntry of every document in the table (a test's or a small table's
+    view; a pipeline streams ``iter_ledger`` instead)."""
+    ledger: dict[str, LedgerEntry] = {}
+    for piece in iter_ledger(table):
+        ledger.update(piece)
+    return ledger
+
+
+def iter_ledger(table, batch_size: int = LEDGER_SCAN_BATCH) -> Iterator[dict[str, LedgerEntry]]:
+    """The ledger of every document in the table, in pieces of at most ``batch_size`` rows
+    (a document with several chunks may appear in two pieces, with the same entry): a scan
+    never holds the whole table's ledger in one process."""
+    scan = table.search().select(_ledger_columns(table)).limit(None).to_batches(batch_size)
+    for batch in scan:
+        # a reader may return larger batches than asked for; slice them to the bound
+        for start in range(0, batch.num_rows, batch_size):
+            yield _ledger_rows(pa.Table.from_batches([batch.slice(start, batch_size)]))
 
 
 def ledger_of(table, doc_ids: Iterable[str]) -> dict[str, LedgerEntry]:
