@@ -360,28 +360,10 @@ def scale_out_case(args, docs, bootstrap, storage: str, n: int, env, work: Path)
 
 def start_s3() -> tuple[subprocess.Popen, dict]:
     """moto's S3 server on loopback; the environment that points clients at it."""
-    import urllib.request
-
     sys.path.insert(0, str(ROOT))
-    from tests.objectstore import _free_port, s3_environment
+    from tests.objectstore import s3_environment, start_moto
 
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                server.kill()
-                raise SystemExit("moto's S3 server did not start") from None
-            time.sleep(0.2)
+    server, endpoint = start_moto()
     env = s3_environment(endpoint)
     os.environ.update(env)
     return server, {**os.environ, **env}
@@ -524,11 +506,7 @@ def main() -> int:
             args.partitions = 4  # two members get two partitions each
         results = scale_out(args, documents(args.corpus, 5000), started, host)
         print(json.dumps(results["summary"], indent=2))
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=2, default=str))
-        if args.markdown:
-            args.markdown.write_text(scale_out_report(results))
+        write_results(args, results, scale_out_report)
         return 0
     work = ROOT / ".bench" / f"stream-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     work.mkdir(parents=True, exist_ok=True)
@@ -679,12 +657,17 @@ def main() -> int:
     results["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     results["command"] = "python scripts/bench_stream.py " + " ".join(sys.argv[1:])
     print(json.dumps(results, indent=2, default=str))
+    write_results(args, results, report)
+    return 0
+
+
+def write_results(args, results: dict, render) -> None:
+    """``--out`` (JSON) and ``--markdown`` (``render(results)``), where asked for."""
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2, default=str))
     if args.markdown:
-        args.markdown.write_text(report(results))
-    return 0
+        args.markdown.write_text(render(results))
 
 
 def report(r: dict) -> str:

@@ -25,8 +25,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint():
+def start_moto(timeout_s: float = 60) -> tuple[subprocess.Popen, str]:
+    """(process, endpoint) of moto's S3 server on a free loopback port, once it answers
+    (also used by the benchmarks in scripts/)."""
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -34,16 +35,24 @@ def s3_endpoint():
         stderr=subprocess.DEVNULL,
     )
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
             urllib.request.urlopen(endpoint, timeout=1).close()
-            break
+            return server, endpoint
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
-                pytest.fail("moto's S3 server did not start")
+                raise RuntimeError("moto's S3 server did not start") from None
             time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    try:
+        server, endpoint = start_moto()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     yield endpoint
     server.terminate()
     server.wait(timeout=10)

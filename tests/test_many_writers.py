@@ -157,6 +157,16 @@ def state_of(sent, upto: dict[tuple[str, int], int]) -> dict[str, str | None]:
     return {k: m for k, (_, m) in last.items()}
 
 
+def assert_latest(sent, rows) -> None:
+    """Every key of ``sent`` holds its last message, or is gone when that was a delete."""
+    by_doc = rows_by_doc(rows)
+    for key, marker in state_of(sent, {(t, p): 1 << 62 for t, p, *_ in sent}).items():
+        if marker is None:
+            assert key not in by_doc, f"{key} was deleted last"
+        else:
+            assert marker in " ".join(r["text"] for r in by_doc[key]), key
+
+
 def rows_by_doc(rows) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for r in rows:
@@ -247,13 +257,7 @@ def test_batch_streams_and_upkeep_write_one_table_on_s3(fake_cfg, s3_bucket, kaf
     assert identity(rows) == identity(table_rows(clean.db))
     batch_docs = {r["doc_id"] for r in rows if r["doc_id"].startswith("src")}
     assert batch_docs == {f"{name}.md" for name in editor.present}
-    latest = state_of(producer.sent, {(t, p): 1 << 62 for t in topics for p in range(2)})
-    by_doc = rows_by_doc(rows)
-    for key, marker in latest.items():
-        if marker is None:
-            assert key not in by_doc, f"{key} was deleted last"
-        else:
-            assert marker in " ".join(r["text"] for r in by_doc[key]), key
+    assert_latest(producer.sent, rows)
     # 3. every offset recorded as committed is in the table at the version recorded with it
     versions = {v["version"] for v in store.open_chunks(db, cfg.table).list_versions()}
     batches = store.read_stream_batches(db, table_name=cfg.table)
