@@ -289,3 +289,22 @@ def test_a_batch_commit_that_is_lost_fails_the_run_and_records_nothing(
         run_ingest(fake_cfg, str(corpus))
     db = store.connect(fake_cfg.db)
     assert store.read_runs(db, fake_cfg.table) == []
+
+
+def test_a_table_being_created_is_absent_to_readers_and_awaited_by_writers(tmp_path):
+    """Another process creating a table: its folder is listed before its first version is
+    written, and for that moment it cannot be opened (seen with two stream members starting
+    on a new database)."""
+    import lancedb
+    import pyarrow as pa
+
+    (tmp_path / "docs.lance" / "_versions").mkdir(parents=True)  # mid-creation
+    db = lancedb.connect(tmp_path)
+    assert "docs" in store.table_names(db)
+    assert store.open_if_exists(db, "docs") is None
+    assert store.current_version(str(tmp_path), "docs", "fake-hash") is None
+    with pytest.raises(ValueError, match="not found"):
+        store.open_created(db, "docs", timeout_s=0.2)
+    db.create_table("ready", pa.table({"a": [1]}))
+    assert store.open_created(db, "ready").count_rows() == 1
+    assert store.open_if_exists(db, "missing") is None

@@ -38,7 +38,15 @@ from freshindex.store.chunks import (
     open_chunks,
     open_or_create_chunks,
 )
-from freshindex.store.connection import connect, filesystem, is_local, table_names, utcnow
+from freshindex.store.connection import (
+    connect,
+    filesystem,
+    is_local,
+    open_created,
+    open_if_exists,
+    table_names,
+    utcnow,
+)
 from freshindex.store.indexes import (
     FTS_COLUMN,
     FTS_REFRESH_FRACTION,
@@ -106,6 +114,8 @@ __all__ = [
     "lookup_vectors",
     "open_as_of",
     "open_chunks",
+    "open_created",
+    "open_if_exists",
     "open_or_create_chunks",
     "read_errors",
     "read_known_failures",

@@ -23,7 +23,7 @@ from freshindex.schemas.tables import (
     RUNS_TABLE,
     STREAM_BATCHES_TABLE,
 )
-from freshindex.store.connection import table_names, utcnow
+from freshindex.store.connection import open_created, open_if_exists, table_names, utcnow
 from freshindex.store.upgrade import add_missing_columns, check_schema_version
 
 
@@ -35,7 +35,7 @@ def bookkeeping_table(db, name: str, schema):
             return db.create_table(name, schema=schema)
         except ValueError:  # created meanwhile by another writer
             pass
-    table = db.open_table(name)
+    table = open_created(db, name)  # listed: maybe still being created by another writer
     check_schema_version(table, name)
     return add_missing_columns(db, name, table, schema)[0]
 
@@ -54,9 +54,9 @@ def append_records(
 
 
 def _read(db, name: str, condition=None, columns: Sequence[str] | None = None) -> list[dict]:
-    if name not in table_names(db):
+    table = open_if_exists(db, name)
+    if table is None:
         return []
-    table = db.open_table(name)
     query = table.search()
     if condition is not None:
         query = query.where(condition.expr())

@@ -7,7 +7,7 @@ from typing import Any
 
 from freshindex.errors import SchemaMismatch, TableError
 from freshindex.schemas.tables import chunks_schema, table_metadata
-from freshindex.store.connection import table_names
+from freshindex.store.connection import open_created, open_if_exists, table_names
 from freshindex.store.upgrade import check_schema_version, upgrade_chunks
 
 
@@ -60,17 +60,16 @@ def open_or_create_chunks(db, name: str, *, dim: int, model: str, settings: dict
     try:
         return db.create_table(name, schema=schema)
     except ValueError:  # created meanwhile by another writer
-        return db.open_table(name)
+        return open_created(db, name)
 
 
 def current_version(db_uri: str, table: str, model: str) -> int | None:
     """The version a run starts from (None for a new table); checks the table's model."""
     from freshindex.store.connection import connect
 
-    db = connect(db_uri)
-    if table not in table_names(db):
+    tbl = open_if_exists(connect(db_uri), table)
+    if tbl is None:
         return None
-    tbl = db.open_table(table)
     check_schema_version(tbl, table)
     check_model(tbl, model)
     return tbl.version

@@ -149,9 +149,8 @@ class BatchIndexer:
         return initial_progress(self._run.starts, self._run.first_batch)
 
     def _table(self):
-        if self._cfg.table not in store.table_names(self._db):
-            return None
-        return self._db.open_table(self._cfg.table)
+        # None before the first commit (another member may be creating it right now)
+        return store.open_if_exists(self._db, self._cfg.table)
 
     # -- errors, located at their message ------------------------------------------------
 

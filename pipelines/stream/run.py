@@ -129,8 +129,8 @@ def finish_run(run: StreamRun, status: str) -> dict[str, Any]:
     batches = store.read_stream_batches(db, run_id=run.run_id, columns=["table_version"])
     written = [b["table_version"] for b in batches if b["table_version"] is not None]
     version, tag = None, None
-    if cfg.table in store.table_names(db):
-        table = db.open_table(cfg.table)
+    table = store.open_if_exists(db, cfg.table)
+    if table is not None:
         version = max(written) if written else table.version
         if written:
             tag = store.RUN_TAG_PREFIX + run.run_id
