@@ -283,8 +283,9 @@ class _StageFn(beam.DoFn):
 
 def _vector_dim(spec: RunSpec, staged: Sequence[StagedBatch], db) -> int:
     """The vector width: from the table or the staged rows; loads the model only when neither."""
-    if spec.table.table in store.table_names(db):
-        return db.open_table(spec.table.table).schema.field("vector").type.list_size
+    table = store.open_if_exists(db, spec.table.table)
+    if table is not None:
+        return table.schema.field("vector").type.list_size
     if staged:
         fs, path = store.filesystem(staged[0].path)
         first = pq.read_schema(path, filesystem=fs)

@@ -13,13 +13,13 @@ from freshindex.store.upgrade import check_schema_version, upgrade_chunks
 
 def open_chunks(db, name: str):
     """Open an existing chunks table for reading (never changes it)."""
-    if name not in table_names(db):
+    table = open_if_exists(db, name)
+    if table is None:
         raise TableError(
             f"table {name!r} does not exist",
             table=name,
             hint="run `freshindex ingest SOURCE --table NAME` first",
         )
-    table = db.open_table(name)
     check_schema_version(table, name)
     return table
 
