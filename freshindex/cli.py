@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from freshindex import store
-from freshindex.config import load_config
+from freshindex.config import IF_RUNNING, load_config
 from freshindex.errors import FreshIndexError
 from freshindex.query.versions import version_rows
 from freshindex.runtime import prepare_offline
@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--if-running",
         "--if_running",
         dest="if_running",
-        choices=("skip", "wait", "fail"),
+        choices=IF_RUNNING,
         help="when another batch run holds the table: skip (exit status 75, nothing done), "
         "wait for it, or fail (exit status 2); default from config: skip",
     )

@@ -59,6 +59,9 @@ ENV_ALIASES = {
 EMBEDDING_DTYPES = ("auto", "float32", "bfloat16")
 _MAX_RETENTION_HOURS = 100 * 366 * 24
 
+IF_RUNNING = ("skip", "wait", "fail")  # ingest.if_running: a batch run finding another
+MEMBERSHIPS = ("all", "group")  # stream.membership: every partition, or a group's share
+
 
 @section("embedding")
 class EmbeddingConfig:
@@ -220,7 +223,7 @@ class IngestConfig:
                 hint="1 turns the mass-delete guard off",
             )
         check_namespace("ingest.namespace", self.namespace)
-        if self.if_running not in ("skip", "wait", "fail"):
+        if self.if_running not in IF_RUNNING:
             raise ConfigError(
                 f"ingest.if_running must be skip, wait or fail, got {self.if_running!r}",
                 hint="skip suits schedules: the next run picks up what this one would have",
@@ -396,7 +399,7 @@ class StreamingConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.membership not in ("all", "group"):
+        if self.membership not in MEMBERSHIPS:
             raise ConfigError(f"stream.membership must be all or group, got {self.membership!r}")
         prefixes = tuple(normalize_uri_prefix(p) for p in self.allowed_uri_prefixes)
         object.__setattr__(self, "allowed_uri_prefixes", prefixes)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from freshindex.config import Config, load_config
+from freshindex.config import IF_RUNNING, MEMBERSHIPS, Config, load_config
 
 
 class FreshIndexOptions(PipelineOptions):
@@ -60,7 +60,7 @@ class FreshIndexOptions(PipelineOptions):
             "--if_running",
             "--if-running",
             dest="if_running",
-            choices=("skip", "wait", "fail"),
+            choices=IF_RUNNING,
             default=None,
             help="batch: when another batch run holds the table: skip (exit status 75), "
             "wait for it, or fail (ingest.if_running; default skip)",
@@ -100,7 +100,7 @@ class StreamOptions(PipelineOptions):
         parser.add_argument("--group_id", default=None, help="default: freshindex-<table>")
         parser.add_argument(
             "--membership",
-            choices=("all", "group"),
+            choices=MEMBERSHIPS,
             default=None,
             help="all: read every partition; group: join the consumer group and share the "
             "partitions with the other processes of the group",

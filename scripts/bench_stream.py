@@ -395,7 +395,6 @@ def scale_out(args, docs, started: float, host: str) -> dict:
             server.wait(timeout=10)
     summary = []
     for storage in storages:
-        base = None
         for n in counts:
             mine = [c for c in cases if c["storage"] == storage and c["processes"] == n]
             rates = [c["sustained_docs_per_s"] for c in mine]
@@ -417,7 +416,6 @@ def scale_out(args, docs, started: float, host: str) -> dict:
                 "median": statistics.median(rates) if rates else None,
                 "ratio_median": round(statistics.median(ratios), 2) if ratios else None,
             }
-            base = base or row
             summary.append(row)
     return {
         "machine": host,

@@ -56,7 +56,6 @@ class GroupMember:
         self._closing = threading.Event()
         self._consumer = new_consumer(spec, group_id=spec.group_id)
         self._thread = threading.Thread(target=self._loop, name="kafka-group", daemon=True)
-        self.error: BaseException | None = None
 
     # -- the Kafka client's rebalance callbacks (ConsumerRebalanceListener) --------------
 

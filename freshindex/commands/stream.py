@@ -17,6 +17,8 @@ import json
 import os
 import sys
 
+from freshindex.config import MEMBERSHIPS
+
 
 def cmd_stream(args, beam_args: list[str]) -> int:
     from freshindex.cli import _json_default, config_from_args
@@ -154,7 +156,7 @@ def register_cli(subparsers) -> None:
     )
     p.add_argument(
         "--membership",
-        choices=("all", "group"),
+        choices=MEMBERSHIPS,
         help="all (default): read every partition; group: join the consumer group and share "
         "its partitions with the group's other stream processes",
     )

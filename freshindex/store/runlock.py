@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from freshindex.config import CommitConfig
+from freshindex.config import IF_RUNNING, CommitConfig
 from freshindex.errors import FreshIndexError
 from freshindex.store.connection import is_local
 from freshindex.store.lease import CommitLease, LeaseTimeout, S3LeaseObject, new_holder_id
@@ -38,7 +38,6 @@ from freshindex.store.lock import LEASE_SCHEMES, _uncoordinated
 
 log = logging.getLogger(__name__)
 
-IF_RUNNING = ("skip", "wait", "fail")
 LOCAL_POLL_S = 0.2
 
 

@@ -65,16 +65,19 @@ class _IndexMicroBatchesFn(beam.DoFn):
         # the python reader's reads cover every offset: a gap there waits for its read
         self._gap_wait_s = stream.gap_wait_s if stream.reader == "xlang" else None
         # a group member commits Kafka offsets for the partitions it owns; else a client
-        self._kafka = registered_member() or KafkaOffsets(stream.kafka)
+        # of this step's own (the only one teardown closes)
+        member = registered_member()
+        self._own_kafka = member is None
+        self._kafka = member or KafkaOffsets(stream.kafka)
         self._dead_letters = None
         if stream.dead_letter_topic:
             self._dead_letters = DeadLetterProducer(stream.kafka, stream.dead_letter_topic)
         self._indexer = BatchIndexer(self._run, kafka=self._kafka, dead_letters=self._dead_letters)
 
     def teardown(self) -> None:
-        kafka = getattr(self, "_kafka", None)
-        for client in (kafka, getattr(self, "_dead_letters", None)):
-            if client is not None and client is not registered_member():
+        own = getattr(self, "_kafka", None) if getattr(self, "_own_kafka", False) else None
+        for client in (own, getattr(self, "_dead_letters", None)):
+            if client is not None:
                 client.close()
 
     def process(
