@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import Field
 
 from freshindex.errors import ConfigError
+from freshindex.observability.settings import ObservabilityConfig
 from freshindex.schemas.messages import DEFAULT_MAX_MESSAGE_BYTES
 from freshindex.schemas.tables import RESERVED_TABLES
 from freshindex.settings import (
@@ -485,6 +486,7 @@ class Config:
     maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
     stream: StreamingConfig = Field(default_factory=StreamingConfig)
     commit: CommitConfig = Field(default_factory=CommitConfig)
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
 
     def __post_init__(self) -> None:
         if not self.table or not self.table.replace("_", "").replace("-", "").isalnum():
@@ -527,6 +529,7 @@ _SECTIONS = {
     "maintenance": MaintenanceConfig,
     "stream": StreamingConfig,
     "commit": CommitConfig,
+    "observability": ObservabilityConfig,
 }
 SECTIONS = _SECTIONS
 

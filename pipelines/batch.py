@@ -26,6 +26,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from freshindex import store
 from freshindex.config import Config
 from freshindex.embedding import resolve_dtype
+from freshindex.observability import tracing
+from freshindex.pipelines.observe import report_run
 from freshindex.pipelines.options import FreshIndexOptions
 from freshindex.runtime import prepare_offline
 from freshindex.schemas.bookkeeping import new_run_id
@@ -173,21 +175,32 @@ def run_ingest(
     prepare_offline()
     spec = resolve_source(source, cfg.ingest.namespace)
     run_id = run_id or new_run_id()
+    tracing.configure(cfg.observability)
     try:
-        with store.run_lock(
-            cfg.db,
-            cfg.table,
-            run_id,
-            if_running=cfg.ingest.if_running,
-            wait_s=cfg.ingest.if_running_wait_s,
-            commit=cfg.commit,
+        with (
+            tracing.span("freshindex.run", run_id=run_id, kind="batch", table=cfg.table) as span,
+            store.run_lock(
+                cfg.db,
+                cfg.table,
+                run_id,
+                if_running=cfg.ingest.if_running,
+                wait_s=cfg.ingest.if_running_wait_s,
+                commit=cfg.commit,
+            ),
         ):
-            return _run_locked(
-                cfg, source, spec, run_id, beam_args, allow_mass_delete, retry_failed
+            row = _run_locked(cfg, source, spec, run_id, beam_args, allow_mass_delete, retry_failed)
+            tracing.set_attributes(
+                span,
+                status=row["status"],
+                table_version=row["table_version"],
+                docs_seen=row["docs_seen"],
+                chunks_written=row["chunks_written"],
             )
     except store.RunSkipped as skipped:
         log.warning("run %s %s", run_id, skipped)
         raise
+    report_run(cfg, row)
+    return row
 
 
 def _run_locked(

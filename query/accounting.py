@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from freshindex.observability import metrics
 from freshindex.query.types import CallRecord
 
 MAX_RECORDS = 1000  # records a ledger keeps for inspection; totals count every one
@@ -95,6 +96,8 @@ class Ledger:
                     fh.write(json.dumps(rec.to_dict()) + "\n")
         if self.parent is not None:
             self.parent.record(rec)
+        else:  # the process's ledger: every attempt reaches it once
+            metrics.observe_model_call(rec)
 
     def summary(self) -> dict[str, Any]:
         """Totals and a per-provider breakdown of every attempt recorded here."""

@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from freshindex.observability import tracing
 from freshindex.query.accounting import Ledger
 from freshindex.query.config import QueryConfig
 from freshindex.query.context import assemble_context, render, system_prompt
@@ -119,6 +120,23 @@ class Agent:
         """Answer ``question``; ``planner``: auto (tools when a tool-calling model is routed),
         tools, or deterministic. Every model call of the run shares ``deadline`` (default:
         ``gateway.request_deadline_s`` from now)."""
+        with tracing.span("freshindex.agent", planner=planner, table_version=pinned.version):
+            return self._run(
+                question,
+                pinned,
+                max_steps,
+                planner,
+                mode,
+                k,
+                filters,
+                ledger,
+                store_trace,
+                deadline,
+            )
+
+    def _run(
+        self, question, pinned, max_steps, planner, mode, k, filters, ledger, store_trace, deadline
+    ) -> AgentResult:
         self._deadline = self.gateway.deadline() if deadline is None else deadline
         max_steps = max_steps or self.qcfg.agent.max_steps
         ledger = ledger or self.gateway.ledger.child()
@@ -166,7 +184,8 @@ class Agent:
     ) -> ChatResponse:
         """One model call of the run, recorded in ``trace`` as a ``model`` step."""
         started = time.perf_counter()
-        response = self.gateway.complete(request, ledger=ledger, deadline=self._deadline)
+        with tracing.span("freshindex.agent.step", step=step):
+            response = self.gateway.complete(request, ledger=ledger, deadline=self._deadline)
         trace.append(
             TraceStep(
                 step,

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from freshindex.observability import metrics, tracing
 from freshindex.query.accounting import Ledger
 from freshindex.query.cache import ResponseCache, cache_key
 from freshindex.query.config import GatewayConfig, QueryConfig
@@ -152,7 +153,16 @@ class ModelGateway:
         """The response of the first provider of the route that answers; raises ``NoRoute``,
         or ``DeadlineExceeded`` once ``deadline`` (default: ``request_deadline_s`` from now)
         has passed."""
-        ledger = ledger or self.ledger
+        with tracing.span("freshindex.model_call", task=request.task) as span:
+            response = self._complete(request, ledger or self.ledger, deadline)
+            tracing.set_attributes(
+                span, provider=response.provider, model=response.model, cached=response.cached
+            )
+            return response
+
+    def _complete(
+        self, request: ChatRequest, ledger: Ledger, deadline: float | None
+    ) -> ChatResponse:
         deadline = self.deadline() if deadline is None else deadline
         route = self.route(request)
         failures = list(route.skipped)
@@ -164,6 +174,7 @@ class ModelGateway:
             key = cache_key(provider_name, model, request, salt)
             if self.cache is not None:
                 cached = self.cache.get(key)
+                metrics.observe_cache(cached is not None)
                 if cached is not None:
                     ledger.record(self._record(request, cached, 0.0, cached=True))
                     return replace(cached, cached=True, latency_ms=0.0, cost_usd=0.0)

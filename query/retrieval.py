@@ -27,11 +27,13 @@ Example::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from freshindex.observability import metrics, tracing
 from freshindex.query.config import RetrievalConfig
 from freshindex.query.errors import QueryError
 from freshindex.query.filters import parse_filters
@@ -155,7 +157,13 @@ def retrieve(
     vector = kwargs.pop("query_vector", None)
     if vector is not None:
         kwargs["query_vectors"] = np.asarray(vector, np.float32)[None, :]
-    return retrieve_batch(source, [query], mode, k, filters, as_of, **kwargs)[0]
+    mode = mode or (kwargs.get("config") or source.config).mode
+    started = time.perf_counter()
+    with tracing.span("freshindex.retrieval", mode=mode, k=k) as span:
+        hits = retrieve_batch(source, [query], mode, k, filters, as_of, **kwargs)[0]
+        tracing.set_attributes(span, hits=len(hits))
+    metrics.observe_query(mode, time.perf_counter() - started)
+    return hits
 
 
 def vector_search(

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from freshindex.observability import tracing
 from freshindex.query.errors import QueryError
 from freshindex.query.filters import parse_filters
 from freshindex.query.pinning import PinnedTable
@@ -219,7 +220,8 @@ class Toolbox:
             raise QueryError(f"unknown tool {name!r}", hint=f"tools: {[t.name for t in TOOLS]}")
         if not isinstance(args, dict):
             raise QueryError(f"tool {name}: arguments must be an object")
-        return fn(**args)
+        with tracing.span("freshindex.agent.tool", tool=name):
+            return fn(**args)
 
     def tool_search(self, query: str, mode: str = "hybrid", k: int | None = None, filters=None):
         k = max(1, min(int(k or self.default_k), 20))

@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 from freshindex import store
 from freshindex.config import CommitConfig
 from freshindex.errors import RunnerContractBroken
+from freshindex.observability import metrics, tracing
 from freshindex.schemas.bookkeeping import RunRecord
 from freshindex.schemas.predicates import in_list
 from freshindex.schemas.records import KNOWN_BAD, EmbeddedDocument, ErrorRecord
@@ -515,8 +516,11 @@ class _CommitFn(beam.DoFn):
     def process(self, _, staged, errors, deleted, updated, docs_seen, docs_skipped):
         check_commit_inputs(staged=staged, errors=errors, deleted=deleted, updated=updated)
         started = time.monotonic()
-        row = commit_run(self._spec, staged, errors, deleted, updated, docs_seen, docs_skipped)
-        log.info("commit step took %.1fs", time.monotonic() - started)
+        with tracing.span("freshindex.commit", run_id=self._spec.run_id, kind="batch"):
+            row = commit_run(self._spec, staged, errors, deleted, updated, docs_seen, docs_skipped)
+        seconds = time.monotonic() - started
+        metrics.observe_commit("batch", seconds)  # seen where the runner runs this step
+        log.info("commit step took %.1fs", seconds)
         yield row
 
 

@@ -3,6 +3,7 @@
     freshindex stream --bootstrap host:9092 --topic docs [--topic ...] --group G --table docs
         [--batch-interval 0.5] [--max-batch 500] [--stop-at-end | --duration S]
         [--dead-letter-topic docs.dlq] [--allow-uri-messages --allowed-uri-prefix ROOT]
+        [--metrics-port 9108]
         [Beam options]
     freshindex publish SOURCE --topic docs       a folder, glob, file or .jsonl corpus
     freshindex publish --topic docs --delete DOC_ID [DOC_ID ...]
@@ -32,6 +33,10 @@ def cmd_stream(args, beam_args: list[str]) -> int:
     configure_logging(args.verbose)
     cfg = config_from_args(args)
     stream = stream_config_from_flags(cfg, args)
+    if args.metrics_port:
+        from freshindex.observability.metrics import serve_port
+
+        serve_port(args.metrics_port)
     row = run_stream(cfg, stream, beam_args, args.run_id)
     if args.json:
         print(json.dumps(row, default=_json_default, indent=2))
@@ -205,6 +210,12 @@ def register_cli(subparsers) -> None:
         help="who owns what the stream writes; default kafka:<topic>",
     )
     p.add_argument("--run-id", dest="run_id")
+    p.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        help="expose Prometheus metrics at http://0.0.0.0:PORT/metrics while the stream runs",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_stream, beam=True)
 

@@ -93,11 +93,18 @@ def read_runs(
 
 
 def read_errors(
-    db, *, table_name: str | None = None, run_id: str | None = None
+    db,
+    *,
+    table_name: str | None = None,
+    run_id: str | None = None,
+    doc_id: str | None = None,
+    since: dt.datetime | None = None,
 ) -> list[dict[str, Any]]:
     condition = and_(
         None if table_name is None else eq("table_name", table_name),
         None if run_id is None else eq("run_id", run_id),
+        None if doc_id is None else eq("doc_id", doc_id),
+        None if since is None else at_least("occurred_at", since),
     )
     return _read(db, ERRORS_TABLE, condition)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from freshindex.config import CommitConfig, MaintenanceConfig
+from freshindex.observability import metrics as obs_metrics
 from freshindex.schemas.bookkeeping import AnnStateRecord, RunRecord, new_run_id
 from freshindex.store.ann import (
     SEARCH_LADDER,
@@ -42,6 +43,7 @@ from freshindex.store.ann import (
 from freshindex.store.bookkeeping import append_run, record_ann_state
 from freshindex.store.chunks import open_chunks
 from freshindex.store.connection import connect, is_local, utcnow
+from freshindex.store.indexes import fts_unindexed_rows
 from freshindex.store.lock import check_held, commit_lock, token_of
 from freshindex.store.retention import (
     CHECKPOINT_TAG_PREFIX,
@@ -210,6 +212,14 @@ def maintain(
     report.table_version = table.version
     report.bytes_after = disk_bytes(db_uri, table_name)
     report.seconds = time.monotonic() - started
+    obs_metrics.observe_upkeep(
+        report.seconds,
+        versions=report.versions_after,
+        fragments=report.fragments_after,
+        rows=table.count_rows(),
+        unindexed_rows=fts_unindexed_rows(table),
+        disk_bytes=report.bytes_after if is_local(db_uri) else None,
+    )
     if record:
         run_id = new_run_id()
         if report.ann.get("rows_at_build"):

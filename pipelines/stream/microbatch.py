@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from freshindex import store
+from freshindex.observability import metrics, tracing
 from freshindex.pipelines.batch import run_settings
 from freshindex.pipelines.stream.config import StreamRun
 from freshindex.pipelines.stream.messages import message_source
@@ -327,6 +328,8 @@ class BatchIndexer:
                     errors.append((record, sent))
             self._dead_letters.flush()
         store.append_errors(self._db, self._run.run_id, self._cfg.table, [e for _, e in errors])
+        for _, error in errors:
+            metrics.observe_error(error.stage, error.error_class)
 
     def record_batch(self, stats: BatchStats, progress: Progress, committed_at: dt.datetime):
         """3. The batch's offsets, recorded in the table's ledger beside its commit (under
@@ -357,7 +360,25 @@ class BatchIndexer:
         """Apply one micro-batch and commit its offsets; ``progress`` is advanced in place
         once the batch is recorded. Raises ``PartitionsLost`` (nothing committed) when
         another process has indexed past where this one read."""
+        with tracing.span(
+            "freshindex.micro_batch", run_id=self._run.run_id, batch_seq=progress.batches + 1
+        ) as span:
+            stats, lag, commit_s = self._index(polls, progress)
+            tracing.set_attributes(
+                span,
+                messages=stats.messages,
+                table_version=stats.table_version,
+                lag=stats.lag,
+                docs_failed=stats.docs_failed,
+            )
+        metrics.observe_micro_batch(dataclasses.asdict(stats), lag, commit_s)
+        return stats
+
+    def _index(self, polls: Sequence[PollBatch], progress: Progress):
+        """``index``'s work: (the batch's stats, lag per partition, seconds its commit held
+        the lock or None)."""
         started = time.monotonic()
+        commit_s = None
         stats = BatchStats(batch_seq=progress.batches + 1)
         records = [r for poll in polls for r in poll.records]
         stats.messages = len(records)
@@ -407,15 +428,24 @@ class BatchIndexer:
             finish(version)
         else:
             cfg = self._cfg
-            with store.commit_lock(cfg.db, cfg.table, cfg.commit) as lease:
+            with (
+                tracing.span("freshindex.commit", run_id=self._run.run_id, kind="stream"),
+                store.commit_lock(cfg.db, cfg.table, cfg.commit) as lease,
+            ):
+                locked = time.monotonic()
                 self.check_ownership(claimed)
                 version = self.commit_chunks(stats, data, written, deletes, lease)
                 finish(version)
+                commit_s = time.monotonic() - locked
         progress.positions, progress.batches = after.positions, after.batches
         self.commit_offsets(progress, version)
         if version != version_before and self._upkeep.committed():
             self._run_upkeep()
-        return stats
+        lag = {
+            key: max(0, high - after.positions.get(key, high))
+            for key, high in self._highwater.items()
+        }
+        return stats, lag, commit_s
 
     def _run_upkeep(self) -> None:
         from freshindex.store.upkeep import maintain

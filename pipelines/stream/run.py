@@ -27,7 +27,9 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from freshindex import store
 from freshindex.config import Config
+from freshindex.observability import tracing
 from freshindex.pipelines.batch import configure_logging, run_settings
+from freshindex.pipelines.observe import report_run
 from freshindex.pipelines.options import FreshIndexOptions, StreamOptions
 from freshindex.pipelines.stream.config import StreamConfig, StreamRun, stream_config_from_flags
 from freshindex.pipelines.stream.offsets import PartitionsLost
@@ -142,7 +144,9 @@ def finish_run(run: StreamRun, status: str) -> dict[str, Any]:
                 store.tag_version(table, tag, version)
     record = _summary_row(run, status, version, tag)
     store.append_run(db, record)
-    return record.to_row()
+    row = record.to_row()
+    report_run(cfg, row, with_errors=False)  # the micro-batches counted their errors
+    return row
 
 
 def format_stream_summary(row: dict[str, Any]) -> str:
@@ -336,8 +340,12 @@ def run_stream(
         cfg.table,
     )
     status = "failed"
+    tracing.configure(cfg.observability)
     try:
-        with _StopOnSignals(stream.duration_s) as stopper:
+        with (
+            tracing.span("freshindex.run", run_id=run.run_id, kind="stream", table=cfg.table),
+            _StopOnSignals(stream.duration_s) as stopper,
+        ):
             if stream.membership == "group":
                 _run_as_member(run, beam_args, stopper)
             else:
