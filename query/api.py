@@ -1,6 +1,7 @@
 """The HTTP API (FastAPI) over ``QueryService``.
 
     POST /search   POST /ask   POST /agent   GET /versions   GET /health   (GET /openapi.json)
+    GET /status   GET /diff?from=A&to=B   GET /explain/{doc_id}   GET /metrics   GET /ui (console)
 
 Auth: when ``api.api_key`` names an environment variable, every endpoint but ``/health``
 and the OpenAPI pages wants its value in ``X-API-Key`` (or ``Authorization: Bearer ...``).
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Query, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -317,8 +318,8 @@ def create_app(
 
     expose = limits.expose_source_uri
 
-    @app.post("/search", response_model=SearchOut)
-    def search(body: SearchIn) -> dict:
+    def run_search(body: SearchIn) -> dict:
+        """The search of ``POST /search``, shared with the console's playground."""
         result = service.search(
             body.query,
             mode=body.mode,
@@ -331,6 +332,10 @@ def create_app(
         )
         out = result.to_dict()
         return {**out, "hits": [_public_hit(h, expose) for h in out["hits"]]}
+
+    @app.post("/search", response_model=SearchOut)
+    def search(body: SearchIn) -> dict:
+        return run_search(body)
 
     @app.post("/ask", response_model=AskOut)
     def ask(body: AskIn) -> dict:
@@ -380,7 +385,61 @@ def create_app(
             state = {**state, "error": scrub(state.get("error"))}
         return JSONResponse(state, status_code=200 if state["status"] == "ok" else 503)
 
+    add_observability(app, service, run_search)
     return app
+
+
+def add_observability(app: FastAPI, service: QueryService, run_search) -> None:
+    """``/metrics``, ``/status``, ``/diff``, ``/explain/{doc_id}``, the console at ``/ui``
+    and a span and a request count per request (docs/OPERATIONS.md). Behind the same
+    middleware as every other route: the API key applies."""
+    from freshindex.observability import metrics, tracing
+    from freshindex.query.console import console_router
+    from freshindex.query.lineage import diff_versions, explain_document
+    from freshindex.query.status import status_report
+    from freshindex.query.telemetry import RequestTelemetry
+
+    tracing.configure(service.cfg.observability)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_endpoint() -> Response:
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+
+    @app.get("/status")
+    def status() -> JSONResponse:
+        report = status_report(service.cfg)
+        report["problems"] = [scrub(p) for p in report["problems"]]
+        report.pop("db", None)  # a server path
+        return JSONResponse(jsonable(report), status_code=200 if report["ok"] else 503)
+
+    @app.get("/diff")
+    def diff(
+        from_ref: Annotated[str, Query(alias="from", max_length=MAX_NAME_CHARS)],
+        to_ref: Annotated[str, Query(alias="to", max_length=MAX_NAME_CHARS)],
+    ) -> dict[str, Any]:
+        return diff_versions(service.reader.db, service.cfg.table, from_ref, to_ref)
+
+    @app.get("/explain/{doc_id:path}")
+    def explain(doc_id: str) -> dict[str, Any]:
+        doc = explain_document(service.reader.db, service.cfg.table, doc_id)
+        if not service.qcfg.api.expose_source_uri:
+            doc["source_uri"] = doc["namespace"] = None  # a namespace names its source root
+            doc["errors"] = [{**e, "source_uri": None} for e in doc["errors"]]
+        doc["errors"] = [{**e, "message": scrub(e["message"] or "")} for e in doc["errors"]]
+        return doc
+
+    app.include_router(console_router(service, run_search, SearchIn))
+    routes = [getattr(r, "path", "") for r in app.routes]
+    app.add_middleware(RequestTelemetry, routes=[r for r in routes if r])
+
+
+def jsonable(value: Any) -> Any:
+    """Datetimes as ISO text, recursively (a JSONResponse of a report)."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value.isoformat() if hasattr(value, "isoformat") else value
 
 
 def app_from_env() -> FastAPI:
