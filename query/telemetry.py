@@ -37,7 +37,7 @@ class RequestTelemetry:
             await send(message)
 
         with tracing.span(
-            f"{scope.get('method', 'GET')} {route}",
+            "freshindex.request",
             **{"http.method": scope.get("method"), "http.route": route},
         ) as span:
             try:

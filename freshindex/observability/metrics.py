@@ -173,7 +173,8 @@ METRIC_NAMES: frozenset[str] = frozenset(n for m in METRICS for n in _series_nam
 
 def _label(value: Any) -> str:
     text = str(value or "unknown")
-    return text[:_MAX_LABEL_CHARS] if text.replace("_", "").replace(".", "").isalnum() else OTHER
+    plain = text.replace("_", "").replace(".", "").replace("-", "")
+    return text[:_MAX_LABEL_CHARS] if plain.isalnum() else OTHER
 
 
 # ------------------------------------------------------------------ producers
