@@ -137,3 +137,76 @@ def test_the_image_installs_the_cpu_torch_from_the_lock_without_resolving():
         rest for instruction, rest in dockerfile_instructions() if instruction == "ENTRYPOINT"
     ]
     assert entrypoint == ['["freshindex"]']
+
+
+# ---------------------------------------------------------------- observability (issue 17)
+
+OBSERVABILITY = ROOT / "deploy" / "observability"
+METRIC_TOKEN = re.compile(r"\bfreshindex_[a-z_]+\b")
+
+
+def _exprs(node) -> list[str]:
+    """Every ``expr`` string anywhere in a parsed dashboard or rules file."""
+    if isinstance(node, dict):
+        found = [node["expr"]] if isinstance(node.get("expr"), str) else []
+        return found + [e for v in node.values() for e in _exprs(v)]
+    if isinstance(node, list):
+        return [e for v in node for e in _exprs(v)]
+    return []
+
+
+def test_the_dashboard_and_the_alert_rules_use_only_metrics_the_code_exports():
+    import json
+
+    from freshindex.observability.metrics import METRIC_NAMES
+
+    dashboard = json.loads((OBSERVABILITY / "grafana/dashboards/freshindex.json").read_text())
+    rules = yaml.safe_load((OBSERVABILITY / "alerts.yml").read_text())
+    exprs = _exprs(dashboard) + _exprs(rules)
+    assert len(_exprs(dashboard)) >= 19 and len(_exprs(rules)) >= 5
+    used = {m for e in exprs for m in METRIC_TOKEN.findall(e)}
+    assert used and used <= METRIC_NAMES, sorted(used - METRIC_NAMES)
+
+    # every metric family the code exports is on the dashboard
+    def family(name: str) -> str:
+        return name.removesuffix("_total").removesuffix("_bucket")
+
+    families = {family(n) for n in used}
+    exported = {n for n in METRIC_NAMES if not n.endswith(("_created", "_count", "_sum"))}
+    missing = {n for n in exported if family(n) not in families}
+    assert not missing, sorted(missing)
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            assert rule["alert"] and rule["expr"] and rule["annotations"]["summary"]
+
+
+def test_prometheus_scrapes_serve_and_the_stream_and_grafana_is_provisioned(compose):
+    prometheus = yaml.safe_load((OBSERVABILITY / "prometheus.yml").read_text())
+    targets = {
+        job["job_name"]: target
+        for job in prometheus["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    services = compose["services"]
+    for job, target in targets.items():
+        host = target.split(":")[0]
+        assert host in services, (job, host)
+    stream_argv = argv_of(services["stream"])
+    assert (
+        targets["freshindex-stream"].split(":")[1]
+        == stream_argv[stream_argv.index("--metrics-port") + 1]
+    )
+    serve_argv = argv_of(services["serve"])
+    assert targets["freshindex-serve"].split(":")[1] == serve_argv[serve_argv.index("--port") + 1]
+    assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    for name in ("serve", "prometheus", "grafana", "pushgateway"):
+        assert services[name]["profiles"] == ["observability"]
+    for service in ("prometheus", "grafana"):
+        for volume in services[service]["volumes"]:
+            host_path = volume.split(":")[0]
+            assert (ROOT / host_path).exists(), host_path
+    datasource = yaml.safe_load(
+        (OBSERVABILITY / "grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
