@@ -105,3 +105,17 @@ def test_ingest_and_search_from_a_folder_outside_the_repository(installed, tmp_p
     )
     hits = json.loads(search.stdout)["hits"]
     assert hits and hits[0]["doc_id"] == "guide/auth.md"
+
+
+def test_the_wheel_carries_the_console_templates_and_stylesheet(installed):
+    python, _, env, work = installed
+    probe = (
+        "import json, freshindex.query.console as c;"
+        "print(json.dumps({'here': str(c.HERE), 'templates': sorted(p.name for p in "
+        "(c.HERE / 'templates').glob('*.html')), 'css': (c.HERE / 'static' / "
+        "'console.css').is_file(), 'rendered': len(c._env.get_template('diff.html')"
+        ".render(page='diff', diff=None, from_ref='', to_ref=''))}))"
+    )
+    out = json.loads(_run([str(python), "-c", probe], cwd=work, env=env).stdout)
+    assert "site-packages" in out["here"] and out["css"] and out["rendered"] > 200
+    assert {"base.html", "overview.html", "search.html", "diff.html"} <= set(out["templates"])
