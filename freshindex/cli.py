@@ -7,6 +7,9 @@ freshindex ingest SOURCE --table NAME [--db URI] [--sync full|append] [--namespa
 freshindex versions --table NAME
 freshindex rollback --to RUN_OR_VERSION --table NAME
 freshindex errors --table NAME [--run RUN_ID]
+freshindex diff --from A --to B --table NAME     (freshindex.commands.lineage)
+freshindex explain DOC_ID --table NAME
+freshindex status --table NAME   (exit status 1: a threshold crossed)
 freshindex upgrade --table NAME [--db URI]
 freshindex config show [--config FILE] [--query-config FILE] [--json]
 freshindex config defaults [--query]
