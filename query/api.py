@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Query, Response
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +41,7 @@ from freshindex.query.errors import (
 )
 from freshindex.query.filters import MAX_FIELD_CHARS, MAX_FILTER_CHARS, MAX_OP_CHARS
 from freshindex.query.guard import RequestGuard, scrub
+from freshindex.query.operator_api import add_operator_routes
 from freshindex.query.service import QueryService
 from freshindex.query.types import Mode
 
@@ -385,61 +386,8 @@ def create_app(
             state = {**state, "error": scrub(state.get("error"))}
         return JSONResponse(state, status_code=200 if state["status"] == "ok" else 503)
 
-    add_observability(app, service, run_search)
+    add_operator_routes(app, service, run_search, SearchIn)
     return app
-
-
-def add_observability(app: FastAPI, service: QueryService, run_search) -> None:
-    """``/metrics``, ``/status``, ``/diff``, ``/explain/{doc_id}``, the console at ``/ui``
-    and a span and a request count per request (docs/OPERATIONS.md). Behind the same
-    middleware as every other route: the API key applies."""
-    from freshindex.observability import metrics, tracing
-    from freshindex.query.console import console_router
-    from freshindex.query.lineage import diff_versions, explain_document
-    from freshindex.query.status import status_report
-    from freshindex.query.telemetry import RequestTelemetry
-
-    tracing.configure(service.cfg.observability)
-
-    @app.get("/metrics", include_in_schema=False)
-    def metrics_endpoint() -> Response:
-        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
-
-    @app.get("/status")
-    def status() -> JSONResponse:
-        report = status_report(service.cfg)
-        report["problems"] = [scrub(p) for p in report["problems"]]
-        report.pop("db", None)  # a server path
-        return JSONResponse(jsonable(report), status_code=200 if report["ok"] else 503)
-
-    @app.get("/diff")
-    def diff(
-        from_ref: Annotated[str, Query(alias="from", max_length=MAX_NAME_CHARS)],
-        to_ref: Annotated[str, Query(alias="to", max_length=MAX_NAME_CHARS)],
-    ) -> dict[str, Any]:
-        return diff_versions(service.reader.db, service.cfg.table, from_ref, to_ref)
-
-    @app.get("/explain/{doc_id:path}")
-    def explain(doc_id: str) -> dict[str, Any]:
-        doc = explain_document(service.reader.db, service.cfg.table, doc_id)
-        if not service.qcfg.api.expose_source_uri:
-            doc["source_uri"] = doc["namespace"] = None  # a namespace names its source root
-            doc["errors"] = [{**e, "source_uri": None} for e in doc["errors"]]
-        doc["errors"] = [{**e, "message": scrub(e["message"] or "")} for e in doc["errors"]]
-        return doc
-
-    app.include_router(console_router(service, run_search, SearchIn))
-    routes = [getattr(r, "path", "") for r in app.routes]
-    app.add_middleware(RequestTelemetry, routes=[r for r in routes if r])
-
-
-def jsonable(value: Any) -> Any:
-    """Datetimes as ISO text, recursively (a JSONResponse of a report)."""
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value.isoformat() if hasattr(value, "isoformat") else value
 
 
 def app_from_env() -> FastAPI:

@@ -276,6 +276,8 @@ def test_a_batch_run_writes_its_metrics_file_and_traces_run_and_commit(tmp_path,
     errors = [k for k in values if k[0] == "freshindex_errors_total" and ("stage", "parse") in k[1]]
     assert errors and all(values[k] >= 1 for k in errors)
     assert values[("freshindex_upkeep_duration_seconds_count", ())] >= 1
+    committed = values[("freshindex_last_commit_timestamp_seconds", ())]
+    assert committed >= row["finished_at"].timestamp() - 1
     names = {s.name: s for s in spans.get_finished_spans()}
     run = names["freshindex.run"]
     assert run.attributes["run_id"] == row["run_id"]

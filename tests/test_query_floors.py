@@ -20,6 +20,7 @@ ALLOWED = (
     "freshindex.runtime",
     "freshindex.store",
     "freshindex.embedding",
+    "freshindex.observability",
 )
 
 

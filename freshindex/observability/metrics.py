@@ -189,6 +189,10 @@ def observe_run(row: Mapping[str, Any], errors: Iterable[Mapping[str, Any]] = ()
         seconds = max(0.0, (finished - started).total_seconds())
         RUN_DURATION.labels(kind).observe(seconds)
         LAST_RUN_TIMESTAMP.labels(kind, _label(row.get("status"))).set(finished.timestamp())
+        if row.get("status") == "succeeded" and row.get("table_version") is not None:
+            # the table is current as of this run's end, whichever process committed
+            at = max(finished.timestamp(), LAST_COMMIT_TIMESTAMP._value.get())
+            LAST_COMMIT_TIMESTAMP.set(at)
         embedded = row.get("chunks_embedded") or 0
         if kind == "batch" and seconds > 0:
             EMBED_THROUGHPUT.labels(kind).set(embedded / seconds)
