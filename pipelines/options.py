@@ -113,6 +113,9 @@ class StreamOptions(PipelineOptions):
         )
         parser.add_argument("--batch_interval_s", type=float, default=None)
         parser.add_argument("--max_batch_messages", type=int, default=None)
+        parser.add_argument(
+            "--metrics_port", type=int, default=None, help="Prometheus metrics on this port"
+        )
         parser.add_argument("--max_message_bytes", type=int, default=None)
         parser.add_argument(
             "--stop_at_end",

@@ -5,7 +5,7 @@ commit and records its manifest row; ``main`` is ``python -m freshindex.pipeline
     python -m freshindex.pipelines.stream --streaming --topics docs --table docs [--db URI] \\
         [--kafka_bootstrap_servers host:9092] [--group_id G] [--batch_interval_s 1] \\
         [--stop_at_end | --duration_s S] [--dead_letter_topic docs.dlq] \\
-        [--allow_uri_messages --allowed_uri_prefix /srv/docs]
+        [--allow_uri_messages --allowed_uri_prefix /srv/docs] [--metrics_port 9108]
 """
 
 from __future__ import annotations
@@ -377,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     if not opts.topics:
         raise SystemExit("--topics is required")
     stream = stream_config_from_flags(cfg, opts)
+    if opts.metrics_port:
+        from freshindex.observability.metrics import serve_port
+
+        serve_port(opts.metrics_port)
     row = run_stream(cfg, stream, argv, options.view_as(FreshIndexOptions).run_id)
     print(format_stream_summary(row))
     return 0
