@@ -60,6 +60,8 @@ def status_report(cfg: Config, *, now: dt.datetime | None = None) -> dict[str, A
     for b in batches:  # oldest first: the last row of a group is its lag now
         lag_by_group[b["group_id"]] = b["lag"]
         freshness_ms = list(b["freshness_ms"] or ()) or freshness_ms
+    # a micro-batch that changed nothing still shows the stream is current
+    last_batch_at = batches[-1]["committed_at"] if batches else None
     lag = max((v for v in lag_by_group.values() if v is not None), default=None)
     try:
         shape = table_shape(cfg.db, cfg.table)
@@ -79,7 +81,7 @@ def status_report(cfg: Config, *, now: dt.datetime | None = None) -> dict[str, A
     if newest.tzinfo is None:
         newest = newest.astimezone(dt.UTC)
     finished = [r["finished_at"] for r in runs if r["finished_at"] and r["status"] == "succeeded"]
-    last_activity = max([newest, *finished])
+    last_activity = max([newest, *finished, *([last_batch_at] if last_batch_at else [])])
     freshness_s = max(0.0, (now - last_activity).total_seconds())
     ann = store.last_ann_state(db, cfg.table)
     checks = [

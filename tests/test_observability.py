@@ -234,6 +234,12 @@ def test_api_diff_explain_and_status(client, fixture_cfg):
     assert status.status_code == 200 and status.json()["ok"] and "db" not in status.json()
 
 
+def test_the_console_hides_server_paths_as_the_api_does(client):
+    page = client.get("/ui/explain", params={"doc_id": "guide/auth.md"}).text
+    root = str(fixture_index("fake-hash"))
+    assert "guide/auth.md" in page and root not in page and "files:" not in page
+
+
 def test_metrics_and_console_want_the_api_key(fixture_cfg):
     qcfg = load_query_config(overrides={"api.api_key": "${OBS_KEY}"}, environ={})
     app = create_app(QueryService(fixture_cfg, qcfg), environ={"OBS_KEY": "s3cret"})

@@ -199,6 +199,8 @@ def console_router(service, search: Callable[[Any], dict[str, Any]], search_mode
         doc = explain_document(db(), service.cfg.table, doc_id) if doc_id else None
         if doc is not None:
             doc["errors"] = [{**e, "message": scrub(e["message"] or "")} for e in doc["errors"]]
+            if not service.qcfg.api.expose_source_uri:  # as the API: no server paths
+                doc["source_uri"] = doc["namespace"] = None
         return _render("explain.html", request, doc=doc, doc_id=doc_id)
 
     @router.get("/search", response_class=HTMLResponse)
