@@ -179,6 +179,7 @@ def run_ingest(
     try:
         with (
             tracing.span("freshindex.run", run_id=run_id, kind="batch", table=cfg.table) as span,
+            tracing.run_context(run_id),
             store.run_lock(
                 cfg.db,
                 cfg.table,

@@ -289,6 +289,8 @@ def test_a_batch_run_writes_its_metrics_file_and_traces_run_and_commit(tmp_path,
     assert run.attributes["run_id"] == row["run_id"]
     assert run.attributes["table_version"] == row["table_version"]
     assert names["freshindex.commit"].attributes["run_id"] == row["run_id"]
+    # the commit step runs in a Beam thread: the run's span is still its parent
+    assert names["freshindex.commit"].parent.span_id == run.context.span_id
 
 
 def decode_error_count() -> float:
@@ -344,6 +346,10 @@ def test_a_stream_micro_batch_is_measured_and_served_on_the_metrics_port(fake_cf
     assert lag == {(("partition", p), ("topic", topic)): 0 for p in ("0", "1")}, lag
     assert values[("freshindex_commit_duration_seconds_count", (("kind", "stream"),))] >= 1
     assert decode_error_count() == decode_errors + 1
-    names = [s.name for s in spans.get_finished_spans()]
-    assert "freshindex.run" in names and "freshindex.micro_batch" in names
-    assert "freshindex.commit" in names
+    finished = spans.get_finished_spans()
+    (run,) = [s for s in finished if s.name == "freshindex.run"]
+    batches = [s for s in finished if s.name == "freshindex.micro_batch"]
+    assert batches and all(b.parent.span_id == run.context.span_id for b in batches)
+    assert sum(b.attributes["messages"] for b in batches) == 7
+    commits = [s for s in finished if s.name == "freshindex.commit"]
+    assert commits and all("freshindex.micro_batch" in ancestors(c, finished) for c in commits)

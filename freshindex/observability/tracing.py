@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 log = logging.getLogger(__name__)
@@ -62,17 +63,42 @@ def shutdown() -> None:
         _provider.force_flush()
 
 
+# run id -> the context of its ``freshindex.run`` span, for the spans that Beam runs in
+# another thread of this process (micro-batches, the batch commit step): their parent. A
+# worker in another process finds none and starts its own trace (the run_id attribute
+# still ties them together).
+_RUNS: dict[str, Any] = {}
+_MAX_RUNS = 64
+
+
+@contextlib.contextmanager
+def run_context(run_id: str) -> Iterator[None]:
+    """While it is open, ``span(..., run_id=run_id)`` anywhere in this process is a child of
+    the span current here (call it inside the run's span)."""
+    if len(_RUNS) >= _MAX_RUNS:
+        _RUNS.pop(next(iter(_RUNS)))
+    _RUNS[run_id] = otel_context.get_current()
+    try:
+        yield
+    finally:
+        _RUNS.pop(run_id, None)
+
+
 def _attribute(value: Any) -> Any:
     return value if isinstance(value, str | bool | int | float) else str(value)
 
 
 @contextlib.contextmanager
 def span(name: str, **attributes: Any) -> Iterator[Any]:
-    """A span named ``name`` (a child of the current one); None-valued attributes are left
-    out. An exception escaping it is recorded on the span and re-raised."""
+    """A span named ``name``: a child of the current one, or else of the run named by its
+    ``run_id`` attribute (``run_context``); None-valued attributes are left out. An
+    exception escaping it is recorded on the span and re-raised."""
     tracer = trace.get_tracer(TRACER_NAME)
     attrs = {k: _attribute(v) for k, v in attributes.items() if v is not None}
-    with tracer.start_as_current_span(name, attributes=attrs) as current:
+    parent = None
+    if trace.get_current_span() is trace.INVALID_SPAN:  # no parent in this thread
+        parent = _RUNS.get(attributes.get("run_id"))
+    with tracer.start_as_current_span(name, context=parent, attributes=attrs) as current:
         yield current
 
 

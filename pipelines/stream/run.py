@@ -344,6 +344,7 @@ def run_stream(
     try:
         with (
             tracing.span("freshindex.run", run_id=run.run_id, kind="stream", table=cfg.table),
+            tracing.run_context(run.run_id),
             _StopOnSignals(stream.duration_s) as stopper,
         ):
             if stream.membership == "group":
