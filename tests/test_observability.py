@@ -33,10 +33,11 @@ from freshindex.testing import RECORDS, copy_index, fixture_index, index_config
 
 
 @pytest.fixture(scope="module")
-def spans() -> InMemorySpanExporter:
+def spans():
     exporter = InMemorySpanExporter()
     tracing.configure(exporter=exporter)
-    return exporter
+    yield exporter
+    exporter.shutdown()  # later tests in this process keep no spans
 
 
 @pytest.fixture(scope="module")
