@@ -114,3 +114,69 @@ def hidden_since(old, new, access: Access) -> tuple[str, ...]:
     then, _ = visible(old)
     now, present = visible(new)
     return tuple(sorted((then & present) - now))
+
+
+def document_labels(pinned, doc_id: str) -> list[list[str]] | None:
+    """The distinct label lists of ``doc_id``'s rows in ``pinned`` (normally one; None:
+    no such document). An operator's view: not filtered by any caller."""
+    from freshindex.query.filters import Filter, to_expr
+
+    names = [c for c in ("doc_id", ACL_COLUMN) if c in pinned.table.schema.names]
+    rows = (
+        pinned.table.search()
+        .where(to_expr([Filter.of("doc_id", "=", doc_id)]))
+        .select(names)
+        .limit(None)
+        .to_arrow()
+    )
+    if rows.num_rows == 0:
+        return None
+    if ACL_COLUMN not in names:
+        return [None]
+    found = {tuple(v) if v is not None else None for v in rows[ACL_COLUMN].to_pylist()}
+    return [list(v) if v is not None else None for v in sorted(found, key=str)]
+
+
+def visible_counts(pinned, access: Access) -> list[dict]:
+    """Per source (namespace): how many documents and chunks ``access`` may read, of how
+    many. One scan of (doc_id, namespace, acl)."""
+    from freshindex.query.filters import arrow_mask
+
+    names = [c for c in ("doc_id", "namespace", ACL_COLUMN) if c in pinned.table.schema.names]
+    rows = pinned.table.search().select(names).limit(None).to_arrow()
+    conditions, nothing = access.conditions(pinned.table.schema)
+    if nothing:
+        mask = [False] * rows.num_rows
+    elif conditions:
+        mask = arrow_mask(rows, conditions).tolist()
+    else:
+        mask = [True] * rows.num_rows
+    sources = rows["namespace"].to_pylist() if "namespace" in names else [None] * rows.num_rows
+    counts: dict[str, dict] = {}
+    for doc_id, source, ok in zip(rows["doc_id"].to_pylist(), sources, mask, strict=True):
+        entry = counts.setdefault(
+            source or "(none)",
+            {"source": source or "(none)", "docs": set(), "visible_docs": set(), "chunks": 0},
+        )
+        entry["docs"].add(doc_id)
+        entry["chunks"] += 1
+        if ok:
+            entry["visible_docs"].add(doc_id)
+            entry["visible_chunks"] = entry.get("visible_chunks", 0) + 1
+    return [
+        {
+            "source": e["source"],
+            "visible_docs": len(e["visible_docs"]),
+            "docs": len(e["docs"]),
+            "visible_chunks": e.get("visible_chunks", 0),
+            "chunks": e["chunks"],
+        }
+        for _, e in sorted(counts.items())
+    ]
+
+
+def hash_key(key: str) -> str:
+    """How ``api.keys`` stores a key: ``sha256:<hex>`` of its UTF-8 bytes."""
+    if not key or not key.strip():
+        raise QueryError("an API key must not be empty")
+    return "sha256:" + hashlib.sha256(key.strip().encode()).hexdigest()

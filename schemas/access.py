@@ -53,4 +53,8 @@ def labels(values: Iterable[Any] | str) -> tuple[str, ...]:
 def optional_labels(value: Any) -> tuple[str, ...] | None:
     """The ``acl`` field of a JSONL record or a Kafka message: None when absent (the
     source's rules and default decide), else its checked labels."""
-    return None if value is None else labels(value)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ValueError(f"acl must be a list of labels, got {type(value).__name__}")
+    return labels(value)
