@@ -490,6 +490,9 @@ class AccessConfig:
         "message wins over the rules",
     )
 
+    def __hash__(self) -> int:  # the rules are a mapping: hashed by their canonical JSON
+        return hash((self.default, json.dumps(self.rules, sort_keys=True)))
+
     def __post_init__(self) -> None:
         from freshindex.schemas.access import labels
 
