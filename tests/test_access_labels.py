@@ -255,3 +255,20 @@ def test_a_revoke_through_kafka_is_enforced_in_the_next_micro_batch(fake_cfg):
         assert {
             r["run_id"] for r in after.search().select(["run_id"]).to_arrow().to_pylist()
         } == run_ids
+
+
+def test_the_tool_loop_keeps_the_requests_mode_and_filters(tmp_path):
+    from freshindex.query.retrieval import IndexReader
+    from freshindex.query.tools import Toolbox
+
+    db_uri = str(tmp_path / "db")
+    write(db_uri, corpus())
+    view = IndexReader.open(db_uri, "docs").pinned().restricted(Access.of(["alice", "bob"]))
+    box = Toolbox(view, default_k=4, default_mode="fts", base_filters=["doc_id prefix alice/"])
+    hits = box.tool_search("budget report")  # the model named no mode and no filter
+    assert len(hits) == 4 and all(h["doc_id"].startswith("alice/") for h in hits)
+    assert box.hits_seen[hits[0]["chunk_id"]].mode == "fts"
+    # the model's own filters are ANDed with the request's, never instead of them
+    assert box.tool_search("budget", filters=["doc_id prefix bob/"]) == []
+    listed = box.tool_list_sources()
+    assert {d["doc_id"].split("/")[0] for d in listed} == {"alice"}
