@@ -272,3 +272,83 @@ def test_the_tool_loop_keeps_the_requests_mode_and_filters(tmp_path):
     assert box.tool_search("budget", filters=["doc_id prefix bob/"]) == []
     listed = box.tool_list_sources()
     assert {d["doc_id"].split("/")[0] for d in listed} == {"alice"}
+
+
+@pytest.mark.slow
+def test_a_failed_relabel_fails_the_run_and_the_next_run_applies_it(tmp_path, monkeypatch):
+    """A fault at the relabel commit: the run fails loudly (a revoke must not be lost
+    silently), nothing half-done is visible, and a re-run ends as a clean run would."""
+    import freshindex.transforms.plan as plan
+    from freshindex.pipelines.batch import run_ingest
+
+    def jsonl(folder, acl):
+        path = folder / "c.jsonl"
+        recs = [
+            {"_id": f"d{i}", "text": f"document {i} about budgets", "acl": acl} for i in range(4)
+        ]
+        path.write_text("\n".join(json.dumps(r) for r in recs))
+        return str(path)
+
+    def state(cfg):
+        table = store.open_chunks(store.connect(cfg.db), "docs")
+        rows = table.search().select(["chunk_id", "text", "acl"]).limit(None).to_arrow()
+        return sorted((r["chunk_id"], r["text"], tuple(r["acl"])) for r in rows.to_pylist())
+
+    def config(folder):
+        overrides = {"db": str(folder / "db"), "table": "docs", "embedding.model": "fake-hash"}
+        return load_config(overrides=overrides, environ={})
+
+    faulty, clean = tmp_path / "faulty", tmp_path / "clean"
+    for folder in (faulty, clean):
+        folder.mkdir()
+        run_ingest(config(folder), jsonl(folder, ["alice", "bob"]), [])
+    real = plan.relabel
+
+    def crash(*args, **kwargs):
+        raise OSError("injected fault at the relabel commit")
+
+    monkeypatch.setattr(plan, "relabel", crash)
+    with pytest.raises(Exception, match="injected fault"):
+        run_ingest(config(faulty), jsonl(faulty, ["alice"]), [])
+    assert {acl for _, _, acl in state(config(faulty))} == {("alice", "bob")}  # unchanged
+    monkeypatch.setattr(plan, "relabel", real)
+    run_ingest(config(faulty), jsonl(faulty, ["alice"]), [])
+    run_ingest(config(clean), jsonl(clean, ["alice"]), [])
+    assert state(config(faulty)) == state(config(clean))
+    assert {acl for _, _, acl in state(config(clean))} == {("alice",)}
+
+
+@pytest.mark.slow
+@pytest.mark.kafka
+def test_a_failed_stream_relabel_is_retried_from_the_uncommitted_offsets(fake_cfg, monkeypatch):
+    from freshindex.kafka_broker import create_topic, kafka_for_tests
+    from freshindex.pipelines.stream import run_stream, stream_config
+    from freshindex.pipelines.stream.microbatch import BatchIndexer
+    from tests.test_stream_pipeline import caught_up, publish
+
+    with kafka_for_tests() as bootstrap:
+        topic = f"acl-{uuid.uuid4().hex[:8]}"
+        create_topic(bootstrap, topic, partitions=1)
+        stream = stream_config(
+            fake_cfg, topics=topic, bootstrap_servers=bootstrap, stop_at_end=True
+        )
+        text = "The contract renewal terms for the supplier."
+        publish(bootstrap, topic, [encode_message("contract", text=text, acl=["alice", "bob"])])
+        run_stream(fake_cfg, stream)
+        publish(bootstrap, topic, [encode_message("contract", text=text, acl=["alice"])])
+        real = BatchIndexer.relabel
+
+        def crash(self, relabels, lease):
+            raise OSError("injected fault at the relabel commit")
+
+        monkeypatch.setattr(BatchIndexer, "relabel", crash)
+        with pytest.raises(Exception, match="injected fault"):
+            run_stream(fake_cfg, stream)
+        table = store.open_chunks(store.connect(fake_cfg.db), fake_cfg.table)
+        assert store.read_ledger(table)["contract"].acl == ("alice", "bob")
+        assert not caught_up(bootstrap, topic, stream.kafka.group_id)  # the revoke is not lost
+        monkeypatch.setattr(BatchIndexer, "relabel", real)
+        run_stream(fake_cfg, stream)
+        table = store.open_chunks(store.connect(fake_cfg.db), fake_cfg.table)
+        assert store.read_ledger(table)["contract"].acl == ("alice",)
+        assert caught_up(bootstrap, topic, stream.kafka.group_id)
