@@ -149,6 +149,11 @@ def test_api_keys_are_stored_hashed_and_name_principals():
     assert qcfg.api.keys == {digest: ["alice"]}
     with pytest.raises(ConfigError, match="hash"):
         load_query_config(overrides={"api.keys": {"s3cret": ["alice"]}}, environ={})
+    from freshindex.query.guard import check_bind
+
+    check_bind("0.0.0.0", api_key_env=None, insecure_no_auth=False, keys=True)  # hashed keys count
+    with pytest.raises(ConfigError):
+        check_bind("0.0.0.0", api_key_env=None, insecure_no_auth=False)
     assert Access.of(None).principals == ("public",)
     assert Access.of(["alice"]).key != Access.of(["bob"]).key
     assert Access.of("admin").is_admin
