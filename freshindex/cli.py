@@ -36,6 +36,7 @@ from freshindex.schemas.bookkeeping import RunRecord, new_run_id
 PLUGIN_MODULES = (
     "freshindex.commands.stream",
     "freshindex.commands.query",
+    "freshindex.commands.access",
     "freshindex.maintain",
     "freshindex.evaluation",
     "freshindex.commands.lineage",

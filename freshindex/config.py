@@ -471,6 +471,46 @@ class CommitConfig:
             )
 
 
+ACCESS_DEFAULTS = ("public", "deny")  # access.default: labels of a document no rule covers
+
+
+@section("access")
+class AccessConfig:
+    """Who may read what the pipelines write (docs/SECURITY.md, access model)."""
+
+    default: Str = Field(
+        "public",
+        description="labels of a document that carries no acl and matches no rule: public "
+        "(readable by every caller) or deny (by admin only)",
+    )
+    rules: dict[Str, list[Str]] = Field(
+        default_factory=dict,
+        description="source URI glob -> access labels (principals, groups); a document gets "
+        "the labels of every rule its source_uri matches, e.g. '/data/hr/*': [hr]; "
+        "'kafka://contracts#*': [legal]. An acl field in a JSONL record or a Kafka "
+        "message wins over the rules",
+    )
+
+    def __hash__(self) -> int:  # the rules are a mapping: hashed by their canonical JSON
+        return hash((self.default, json.dumps(self.rules, sort_keys=True)))
+
+    def __post_init__(self) -> None:
+        from freshindex.schemas.access import labels
+
+        if self.default not in ACCESS_DEFAULTS:
+            raise ConfigError(
+                f"access.default must be public or deny, got {self.default!r}",
+                hint="deny keeps documents no rule covers visible to admin only",
+            )
+        for pattern, values in self.rules.items():
+            if not pattern.strip():
+                raise ConfigError("access.rules: a pattern must not be empty")
+            try:
+                labels(values)
+            except ValueError as exc:
+                raise ConfigError(f"access.rules[{pattern!r}]: {exc}") from None
+
+
 @section("")
 class Config:
     db: Str = Field(
@@ -487,6 +527,7 @@ class Config:
     stream: StreamingConfig = Field(default_factory=StreamingConfig)
     commit: CommitConfig = Field(default_factory=CommitConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
+    access: AccessConfig = Field(default_factory=AccessConfig)
 
     def __post_init__(self) -> None:
         if not self.table or not self.table.replace("_", "").replace("-", "").isalnum():
@@ -530,6 +571,7 @@ _SECTIONS = {
     "stream": StreamingConfig,
     "commit": CommitConfig,
     "observability": ObservabilityConfig,
+    "access": AccessConfig,
 }
 SECTIONS = _SECTIONS
 

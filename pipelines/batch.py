@@ -34,12 +34,14 @@ from freshindex.schemas.bookkeeping import new_run_id
 from freshindex.schemas.records import ErrorRecord
 from freshindex.store.chunks import current_version
 from freshindex.store.upkeep import maintain
+from freshindex.transforms.access import Labeler
 from freshindex.transforms.chunk import ChunkDocuments
 from freshindex.transforms.embed import Embed
 from freshindex.transforms.parse import Parse, ReadKnownFailures, failure_fingerprint
 from freshindex.transforms.plan import (
     PlanChanges,
     ReadLedger,
+    RecordLabels,
     RecordSourceVersions,
     ScreenListing,
     TableRef,
@@ -95,7 +97,7 @@ def build_ingest(
     refs, read_errors = _read(p, cfg, source, run, ledger)
     failed = read_errors | "ListedButUnread" >> beam.FlatMap(_listed_but_unread)
     plan = {"refs": refs, "ledger": ledger, "failed": failed} | "Plan" >> PlanChanges(
-        run.fingerprint, run.sync, source.namespace, source.owns
+        run.fingerprint, run.sync, source.namespace, source.owns, Labeler.of(cfg.access)
     )
     failures_fp = failure_fingerprint(cfg)
     known_bad = (
@@ -131,6 +133,7 @@ def build_ingest(
     _ = plan.refreshed | "RecordSourceVersions" >> RecordSourceVersions(
         run.table, manifest, run.commit
     )
+    _ = plan.relabeled | "RecordLabels" >> RecordLabels(run.table, manifest, run.commit)
     return manifest
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from freshindex.observability import tracing
+from freshindex.query.access import audience_of
 from freshindex.query.accounting import Ledger
 from freshindex.query.config import QueryConfig
 from freshindex.query.context import assemble_context, render, system_prompt
@@ -140,7 +141,9 @@ class Agent:
         self._deadline = self.gateway.deadline() if deadline is None else deadline
         max_steps = max_steps or self.qcfg.agent.max_steps
         ledger = ledger or self.gateway.ledger.child()
-        box = Toolbox(pinned, default_k=k or self.qcfg.retrieval.k)
+        box = Toolbox(
+            pinned, default_k=k or self.qcfg.retrieval.k, default_mode=mode, base_filters=filters
+        )
         result: AgentResult | None = None
         trace: list[TraceStep] = []
         if planner not in ("auto", "tools", "deterministic"):
@@ -212,7 +215,13 @@ class Agent:
         )
         messages: list[Message] = [Message("system", system), Message("user", question)]
         for step in range(1, max_steps + 1):
-            request = ChatRequest(tuple(messages), task="agent", tools=TOOLS, question=question)
+            request = ChatRequest(
+                tuple(messages),
+                task="agent",
+                tools=TOOLS,
+                question=question,
+                audience=audience_of(pinned),
+            )
             response = self._model_step(
                 request, ledger, trace, step, {}, lambda r: len(r.tool_calls)
             )
@@ -246,13 +255,12 @@ class Agent:
 
     def _final(self, question, answer, box, trace, steps, stopped, planner, pinned) -> AgentResult:
         citations = []
-        for i, (doc_id, chunk_id) in enumerate(
-            dict.fromkeys(re.findall(r"\[([^\[\]#\s]+)#([0-9a-f]{6,64})\]", answer)), start=1
-        ):
-            hit = box.hits_seen.get(chunk_id)
-            citations.append(
-                Citation(i, doc_id, chunk_id, hit.source_uri if hit else None, None, None)
-            )
+        cited = dict.fromkeys(re.findall(r"\[([^\[\]#\s]+)#([0-9a-f]{6,64})\]", answer))
+        # only chunks the run's tools returned (read through the caller's view): a citation
+        # the model made up, or of a chunk the caller may not read, is dropped
+        seen = [box.hits_seen[c] for d, c in cited if c in box.hits_seen]
+        for i, hit in enumerate((h for h in seen if (h.doc_id, h.chunk_id) in cited), 1):
+            citations.append(Citation(i, hit.doc_id, hit.chunk_id, hit.source_uri, None, None))
         return AgentResult(
             question=question,
             answer=answer,
@@ -335,7 +343,13 @@ class Agent:
             messages = render(
                 self.qcfg.context.prompts_path, "answer", question=part, context=context
             )
-            request = ChatRequest(messages, task="answer", question=part, context=used)
+            request = ChatRequest(
+                messages,
+                task="answer",
+                question=part,
+                context=used,
+                audience=audience_of(pinned),
+            )
             arguments = {"question": part, "passages": len(used)}
             response = self._model_step(
                 request, ledger, trace, step, arguments, lambda r: len(r.citations)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,7 +40,7 @@ from freshindex.query.errors import (
     QueryError,
 )
 from freshindex.query.filters import MAX_FIELD_CHARS, MAX_FILTER_CHARS, MAX_OP_CHARS
-from freshindex.query.guard import RequestGuard, scrub
+from freshindex.query.guard import CALLER_SCOPE_KEY, RequestGuard, scrub
 from freshindex.query.operator_api import add_operator_routes
 from freshindex.query.service import QueryService
 from freshindex.query.types import Mode
@@ -319,7 +319,11 @@ def create_app(
 
     expose = limits.expose_source_uri
 
-    def run_search(body: SearchIn) -> dict:
+    def caller(request: Request):
+        """The caller the guard authenticated (anonymous on a server without keys)."""
+        return service.access(request.scope.get(CALLER_SCOPE_KEY))
+
+    def run_search(body: SearchIn, request: Request) -> dict:
         """The search of ``POST /search``, shared with the console's playground."""
         result = service.search(
             body.query,
@@ -330,16 +334,17 @@ def create_app(
             rrf_k=body.rrf_k,
             weights=body.weights,
             reranker=body.reranker,
+            caller=caller(request),
         )
         out = result.to_dict()
         return {**out, "hits": [_public_hit(h, expose) for h in out["hits"]]}
 
     @app.post("/search", response_model=SearchOut)
-    def search(body: SearchIn) -> dict:
-        return run_search(body)
+    def search(body: SearchIn, request: Request) -> dict:
+        return run_search(body, request)
 
     @app.post("/ask", response_model=AskOut)
-    def ask(body: AskIn) -> dict:
+    def ask(body: AskIn, request: Request) -> dict:
         answer = service.ask(
             body.question,
             mode=body.mode,
@@ -347,6 +352,7 @@ def create_app(
             filters=_filters(body.filters, limits.max_filters),
             as_of=body.as_of,
             provider=body.provider,
+            caller=caller(request),
         )
         out = answer.to_dict()
         return {
@@ -356,7 +362,7 @@ def create_app(
         }
 
     @app.post("/agent", response_model=AgentOut)
-    def agent(body: AgentIn) -> dict:
+    def agent(body: AgentIn, request: Request) -> dict:
         result = service.agent(
             body.question,
             as_of=body.as_of,
@@ -365,6 +371,7 @@ def create_app(
             mode=body.mode,
             k=body.k,
             filters=_filters(body.filters, limits.max_filters),
+            caller=caller(request),
         )
         out = result.to_dict()
         return {
@@ -386,7 +393,7 @@ def create_app(
             state = {**state, "error": scrub(state.get("error"))}
         return JSONResponse(state, status_code=200 if state["status"] == "ok" else 503)
 
-    add_operator_routes(app, service, run_search, SearchIn)
+    add_operator_routes(app, service, run_search, SearchIn, caller)
     return app
 
 

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -74,6 +75,11 @@ class RetrievalConfig:
         4, description="pinned table versions kept open (and in RAM for the memory engine)"
     )
     # Past it the result is marked scan_capped, never a full read.
+    unlabeled: Str = Field(
+        "public",
+        description="who reads rows without access labels (written before labels "
+        "existed): public (every caller) or deny (admin only); docs/SECURITY.md",
+    )
     max_scan_rows: Int = Field(
         10_000,
         description="the most rows one filtered search (or an agent's listing) reads while "
@@ -89,6 +95,8 @@ class RetrievalConfig:
             raise ConfigError("retrieval.k, candidates and cached_versions must be >= 1")
         if self.vector_engine not in ("auto", "memory", "lancedb"):
             raise ConfigError("retrieval.vector_engine must be auto, memory or lancedb")
+        if self.unlabeled not in ("public", "deny"):
+            raise ConfigError("retrieval.unlabeled must be public or deny")
         if set(self.weights) - {"vector", "fts"} or any(w < 0 for w in self.weights.values()):
             raise ConfigError("retrieval.weights takes vector and fts, each >= 0")
 
@@ -424,6 +432,8 @@ class ApiConfig:
         "max_concurrent_per_client",
         "max_tracked_clients",
         "expose_source_uri",
+        "api_key_principals",
+        "keys",
     )
     FILE_DOCS: ClassVar[dict[str, str]] = {
         "api_key": "${NAME}: the environment variable holding the API key; null: no auth, "
@@ -452,6 +462,16 @@ class ApiConfig:
     expose_source_uri: Bool = Field(
         False, description="true: hits carry source_uri (server paths, bucket URLs)"
     )
+    api_key_principals: list[Str] = Field(
+        default_factory=lambda: ["admin"],
+        description="the principals of the api_key holder (docs/SECURITY.md); admin reads "
+        "every document, as the one key always did",
+    )
+    keys: dict[Str, list[Str]] = Field(
+        default_factory=dict,
+        description="API keys by their hash -> principals: 'sha256:<hex>': [alice, eng] "
+        "(`freshindex access hash-key` prints the hash; the key itself is never stored)",
+    )
 
     @file_form_validator
     def _from_file(raw: dict[str, Any]) -> dict[str, Any]:
@@ -474,6 +494,21 @@ class ApiConfig:
             raise ConfigError("api.rate_limit_burst and max_tracked_clients must be >= 1")
         if self.max_query_chars < 1 or self.max_k < 1 or self.max_filters < 0:
             raise ConfigError("api.max_query_chars and max_k must be >= 1, max_filters >= 0")
+        from freshindex.schemas.access import labels
+
+        for name, principals in [("api_key_principals", self.api_key_principals)] + [
+            (f"keys[{digest[:15]}...]", p) for digest, p in self.keys.items()
+        ]:
+            try:
+                labels(principals)
+            except ValueError as exc:
+                raise ConfigError(f"api.{name}: {exc}") from None
+        for digest in self.keys:
+            if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+                raise ConfigError(
+                    "api.keys are written by their hash, 'sha256:' and 64 hex digits",
+                    hint="`freshindex access hash-key` reads a key on stdin and prints it",
+                )
 
 
 @section("")

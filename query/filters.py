@@ -38,7 +38,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from freshindex.query.errors import FilterError
-from freshindex.schemas.predicates import col, lit, prefix_successor
+from freshindex.schemas.access import ACL_COLUMN, check_label
+from freshindex.schemas.predicates import col, lit, prefix_successor, sql_literal
 
 STR, INT, TS, JSON = "string", "int", "timestamp", "json"
 
@@ -70,6 +71,9 @@ OPERATORS: dict[str, tuple[str, ...]] = {
 }
 _ALIASES = {"==": "=", "eq": "=", "ne": "!=", "<>": "!=", "lt": "<", "le": "<=", "lte": "<="}
 _ALIASES |= {"gt": ">", "ge": ">=", "gte": ">=", "not in": "not_in", "startswith": "prefix"}
+# The access condition's operators (``Filter.visible_to``): not in OPERATORS, so no caller
+# filter can name them or the acl column.
+ACCESS_ANY, ACCESS_UNLABELED = "any_of", "any_of_or_unlabeled"
 MAX_VALUES = 1000
 MAX_STRING = 1000
 MAX_FILTER_CHARS = 4000  # a text filter ``FIELD OP VALUE``, before it is read
@@ -121,9 +125,23 @@ class Filter:
                 raise FilterError(f"{field} {op}: the value must be text")
         return cls(field, op, coerced)
 
+    @classmethod
+    def visible_to(cls, principals: Sequence[str], *, unlabeled: bool = False) -> Filter:
+        """The access condition of a caller (``freshindex.query.access``): rows whose ``acl``
+        holds one of ``principals`` (and rows without labels when ``unlabeled``). Never
+        built from a caller's filter text: ``acl`` is not a filterable field."""
+        values = tuple(sorted({check_label(p) for p in principals}))
+        if not values:
+            raise FilterError("an access condition needs at least one principal")
+        return cls(ACL_COLUMN, ACCESS_UNLABELED if unlabeled else ACCESS_ANY, values)
+
     @property
     def is_metadata(self) -> bool:
         return self.field.startswith(METADATA_PREFIX)
+
+    @property
+    def is_access(self) -> bool:
+        return self.field == ACL_COLUMN
 
     def describe(self) -> str:
         value = list(self.value) if isinstance(self.value, tuple) else self.value
@@ -322,6 +340,8 @@ def to_expr(filters: Sequence[Filter]):
     for f in filters:
         if f.is_metadata:
             raise FilterError(f"{f.field}: metadata filters are applied in Python, not pushed down")
+        if f.is_access:
+            raise FilterError("the access condition has no expression form: use to_where")
         c = col(f.field)
         if f.op == "=":
             e = c == lit(f.value)
@@ -351,7 +371,72 @@ def to_expr(filters: Sequence[Filter]):
     return expr
 
 
+def to_where(filters: Sequence[Filter]):
+    """What LanceDB's ``where`` takes for the column filters: the typed expression
+    (``to_expr``), or, with an access condition (list functions have no expression form in
+    LanceDB 0.40), SQL text rendered here from checked values (``to_sql``). None: no filters.
+    """
+    if not any(f.is_access for f in filters):
+        return to_expr(filters) if filters else None
+    return to_sql(filters)
+
+
+def _sql_value(f: Filter, value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        stamp = value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return f"CAST('{stamp}' AS TIMESTAMP)"
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise FilterError(f"{f.field}: cannot render {_short(value)} as SQL")
+    return sql_literal(value)
+
+
+def to_sql(filters: Sequence[Filter]) -> str:
+    """The column filters and the access condition as SQL text, ANDed; every value is a
+    checked, typed value quoted by ``freshindex.schemas.predicates.sql_literal`` (a quote
+    doubled; the same rendering ``where_sql`` uses), every field an allow-listed column."""
+    parts = []
+    for f in filters:
+        if f.is_metadata:
+            raise FilterError(f"{f.field}: metadata filters are applied in Python, not pushed down")
+        if f.is_access:
+            labels = ", ".join(sql_literal(check_label(v)) for v in f.value)
+            held = f"array_has_any({ACL_COLUMN}, [{labels}])"
+            parts.append(f"({ACL_COLUMN} IS NULL OR {held})" if f.op == ACCESS_UNLABELED else held)
+            continue
+        if f.field not in FIELDS:  # unreachable: Filter.of allow-lists fields
+            raise FilterError(f"unknown filter field {_short(f.field)}")
+        c = f.field
+        if f.op in ("=", "!=", "<", "<=", ">", ">="):
+            parts.append(f"{c} {'<>' if f.op == '!=' else f.op} {_sql_value(f, f.value)}")
+        elif f.op in ("in", "not_in"):
+            values = ", ".join(_sql_value(f, v) for v in f.value)
+            parts.append(f"{c} {'NOT IN' if f.op == 'not_in' else 'IN'} ({values})")
+        elif f.op == "contains":
+            parts.append(f"contains({c}, {_sql_value(f, f.value)})")
+        elif f.op == "prefix":
+            upper = prefix_successor(f.value)
+            low = f"{c} >= {_sql_value(f, f.value)}"
+            parts.append(low if upper is None else f"{low} AND {c} < {_sql_value(f, upper)}")
+        else:  # unreachable: Filter.of allow-lists operators
+            raise FilterError(f"operator {f.op!r}")
+    return " AND ".join(f"({p})" for p in parts)
+
+
 # ---------------------------------------------------------------- pyarrow masks
+
+
+def _access_mask(f: Filter, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Rows whose label list holds one of ``f.value`` (and null lists for ACCESS_UNLABELED)."""
+    lists = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    mask = np.zeros(len(lists), dtype=bool)
+    flat = pc.list_flatten(lists)
+    if len(flat):
+        held = pc.is_in(flat, value_set=pa.array(list(f.value), pa.string()))
+        parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+        mask[parents[held.to_numpy(zero_copy_only=False)]] = True
+    if f.op == ACCESS_UNLABELED:
+        mask |= lists.is_null().to_numpy(zero_copy_only=False)
+    return mask
 
 
 def _column_mask(f: Filter, column: pa.ChunkedArray | pa.Array):
@@ -390,6 +475,12 @@ def arrow_mask(
             if metadata is None:
                 raise FilterError("metadata filters need the parsed metadata column")
             mask &= np.fromiter((matches_metadata(m, f) for m in metadata), bool, len(metadata))
+            continue
+        if f.is_access:
+            if f.field in table.column_names:
+                mask &= _access_mask(f, table.column(f.field))
+            elif f.op != ACCESS_UNLABELED:  # a table from before labels: every row unlabelled
+                mask &= False
             continue
         result = _column_mask(f, table.column(f.field))
         mask &= pc.fill_null(result, False).to_numpy(zero_copy_only=False).astype(bool)

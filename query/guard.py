@@ -5,7 +5,10 @@ alone, before FastAPI reads or parses a byte of the body: a wrong key costs the 
 header comparison, not a 50 MB JSON parse. In order:
 
 1. the API key (``X-API-Key`` or ``Authorization: Bearer``) on every path but the public
-   ones (health probe, OpenAPI pages): 401;
+   ones (health probe, OpenAPI pages): 401. The key names the caller: ``api.api_key``'s
+   holder has ``api.api_key_principals``, a key of ``api.keys`` (stored by its SHA-256,
+   never in clear) its own principals; they travel to the app in the ASGI scope
+   (``CALLER_SCOPE_KEY``). A server without keys has anonymous callers (public only);
 2. a token bucket and an in-flight count per client (the API key when one is sent, else the
    client address), held for at most ``api.max_tracked_clients`` clients: 429 with
    ``Retry-After``;
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from freshindex.errors import ConfigError
 from freshindex.query.config import ApiConfig
 
+CALLER_SCOPE_KEY = "freshindex.principals"  # the caller's principals; None: anonymous
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 UNLIMITED_PATHS = frozenset({"/health"})  # probes are never rate limited
 
@@ -60,9 +64,12 @@ def scrub(text: str | None) -> str | None:
     return _POSIX_PATH.sub("<path>", text)
 
 
-def check_bind(host: str, *, api_key_env: str | None, insecure_no_auth: bool) -> None:
-    """Refuse to listen beyond this machine without an API key (``ConfigError``)."""
-    if api_key_env or insecure_no_auth or is_loopback(host):
+def check_bind(
+    host: str, *, api_key_env: str | None, insecure_no_auth: bool, keys: bool = False
+) -> None:
+    """Refuse to listen beyond this machine without an API key (``ConfigError``); ``keys``:
+    api.keys holds hashed keys."""
+    if api_key_env or keys or insecure_no_auth or is_loopback(host):
         return
     raise ConfigError(
         f"refusing to serve on {host} without an API key: anyone who can reach it could query "
@@ -163,6 +170,13 @@ class RequestGuard:
     ):
         self.app = app
         self.api_key = api_key.encode() if api_key else None
+        self.key_principals = tuple(limits.api_key_principals)
+        # sha256 hex digest -> principals; a presented key is hashed and looked up, so the
+        # server never holds the keys of api.keys in clear
+        self.keys = {
+            digest.removeprefix("sha256:"): tuple(principals)
+            for digest, principals in limits.keys.items()
+        }
         self.max_body = limits.max_body_bytes
         self.limiter = ClientLimiter(
             per_minute=limits.rate_limit_per_minute,
@@ -179,8 +193,10 @@ class RequestGuard:
         headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers") or ()}
         path = scope.get("path", "")
         given = _presented_key(headers)
-        needs_key = path not in PUBLIC_PATHS and self.api_key is not None
-        if needs_key and not hmac.compare_digest(given or b"", self.api_key):
+        has_keys = self.api_key is not None or bool(self.keys)
+        needs_key = path not in PUBLIC_PATHS and has_keys
+        principals = self._principals(given) if has_keys else None
+        if needs_key and principals is None:
             await _reply(
                 send,
                 401,
@@ -189,7 +205,8 @@ class RequestGuard:
                 [(b"www-authenticate", b"Bearer")],
             )
             return
-        client_id = _client_id(scope, given if self.api_key is not None else None)
+        scope[CALLER_SCOPE_KEY] = principals
+        client_id = _client_id(scope, given if has_keys else None)
         limited = path not in UNLIMITED_PATHS
         if limited:
             wait = self.limiter.acquire(client_id)
@@ -216,6 +233,17 @@ class RequestGuard:
         finally:
             if limited:
                 self.limiter.release(client_id)
+
+    def _principals(self, given: bytes | None) -> tuple[str, ...] | None:
+        """The principals of a presented key; None: no key, or an unknown one."""
+        if not given:
+            return None
+        found = self.keys.get(hashlib.sha256(given).hexdigest())
+        if found is not None:
+            return found
+        if self.api_key is not None and hmac.compare_digest(given, self.api_key):
+            return self.key_principals
+        return None
 
     async def _read_body(self, receive) -> bytes | None:
         """The whole body, or None past the limit (counted per chunk, whatever the headers say)."""

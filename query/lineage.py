@@ -15,13 +15,16 @@ import collections
 from typing import Any
 
 from freshindex import store
+from freshindex.errors import TableError
+from freshindex.query.access import Access, denied_now, readable_docs
 from freshindex.schemas.predicates import eq
 
 MAX_LISTED = 1000  # documents a diff lists per kind; its counts cover every one
 
 
-def _docs_at(table) -> dict[str, tuple[str, str, int]]:
-    """doc_id -> (content_hash, fingerprint, chunks) of the table's checked-out version."""
+def _docs_at(table, readable=None) -> dict[str, tuple[str, str, int]]:
+    """doc_id -> (content_hash, fingerprint, chunks) of the table's checked-out version;
+    only the documents in ``readable`` (a set) when one is given."""
     data = table.to_lance().to_table(columns=["doc_id", "content_hash", "fingerprint"])
     chunks: collections.Counter[str] = collections.Counter()
     meta: dict[str, tuple[str, str]] = {}
@@ -32,7 +35,7 @@ def _docs_at(table) -> dict[str, tuple[str, str, int]]:
     ):
         chunks[doc_id] += 1
         meta[doc_id] = (content_hash, fingerprint)
-    return {d: (*meta[d], chunks[d]) for d in meta}
+    return {d: (*meta[d], chunks[d]) for d in meta if readable is None or d in readable}
 
 
 def _side(table, ref: str | int) -> dict[str, Any]:
@@ -41,16 +44,33 @@ def _side(table, ref: str | int) -> dict[str, Any]:
     return {"ref": str(ref), "version": version}
 
 
+def _readable(table, access: Access | None, denied: set[str]) -> set[str] | None:
+    """The documents of the checked-out version ``access`` may see (None: every one)."""
+    if access is None or access.is_admin:
+        return None
+    readable, _ = readable_docs(table, access)
+    return readable - denied
+
+
 def diff_versions(
-    db, table_name: str, from_ref: str | int, to_ref: str | int, *, limit: int = MAX_LISTED
+    db,
+    table_name: str,
+    from_ref: str | int,
+    to_ref: str | int,
+    *,
+    limit: int = MAX_LISTED,
+    access: Access | None = None,
 ) -> dict[str, Any]:
     """Documents added, updated (content or settings changed) and deleted from version
-    ``from_ref`` to ``to_ref`` (each a version number, tag or run id), with chunk counts."""
+    ``from_ref`` to ``to_ref`` (each a version number, tag or run id), with chunk counts.
+    With ``access`` (a caller), the diff of what that caller may read at each version, as
+    an as-of search shows it: by the labels at that version and the current ones."""
     table = store.open_chunks(db, table_name)
+    denied = denied_now(table, access) if access is not None else set()
     before_side = _side(table, from_ref)
-    before = _docs_at(table)
+    before = _docs_at(table, _readable(table, access, denied))
     after_side = _side(table, to_ref)
-    after = _docs_at(table)
+    after = _docs_at(table, _readable(table, access, denied))
     added = sorted(set(after) - set(before))
     deleted = sorted(set(before) - set(after))
     updated = sorted(d for d in set(before) & set(after) if before[d][:2] != after[d][:2])
@@ -112,11 +132,22 @@ def _state(rows: list[dict[str, Any]]) -> tuple | None:
     return (first["content_hash"], first["fingerprint"], len(rows))
 
 
-def explain_document(db, table_name: str, doc_id: str) -> dict[str, Any]:
+def explain_document(
+    db, table_name: str, doc_id: str, *, access: Access | None = None
+) -> dict[str, Any]:
     """Everything the table and its bookkeeping know about one document: where it is now
     (source, content hash, chunks, when embedded, by which run), every kept version in which
-    it changed (added, updated, deleted) with the run behind that version, and its errors."""
+    it changed (added, updated, deleted) with the run behind that version, and its errors.
+    With ``access`` (a caller other than admin), only a document the caller may read now:
+    any other is reported as not found, as a missing one is."""
     table = store.open_chunks(db, table_name)
+    if access is not None and not access.is_admin:
+        readable, _ = readable_docs(table, access)
+        if doc_id not in readable:
+            raise TableError(
+                f"no document {doc_id!r} in {table_name!r}",
+                hint="a document id as search returns it",
+            )
     latest = table.version
     current = sorted(_doc_rows(table, doc_id), key=lambda r: r["chunk_index"])
     runs_by_version: dict[int, dict[str, Any]] = {}

@@ -28,6 +28,7 @@ MEMORY_COLUMNS = (
     "embedding_model",
     "modified_at",
     "indexed_at",
+    "acl",  # the access condition is a mask like any filter (freshindex.query.access)
 )
 MAX_QUERY_BATCH = 64  # queries scored together in one matrix product
 MAX_CACHED_MASKS = 32  # filter masks kept per index

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Response
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from freshindex.observability import metrics, tracing
@@ -20,10 +20,12 @@ from freshindex.query.telemetry import RequestTelemetry
 MAX_REF_CHARS = 200  # a version, tag or run id (as the API's as_of)
 
 
-def add_operator_routes(app: FastAPI, service, run_search, search_model) -> None:
+def add_operator_routes(app: FastAPI, service, run_search, search_model, caller) -> None:
     """``/metrics``, ``/status``, ``/diff``, ``/explain/{doc_id}``, the console at ``/ui``
     and a span and a request count per request (docs/OPERATIONS.md). Behind the same
-    middleware as every other route: the API key applies."""
+    middleware as every other route: the API key applies, and ``caller`` (request -> the
+    caller's ``Access``) limits the documents a diff, an explain or the console names to
+    those the caller may read (docs/SECURITY.md)."""
     tracing.configure(service.cfg.observability)
 
     @app.get("/metrics", include_in_schema=False)
@@ -39,21 +41,24 @@ def add_operator_routes(app: FastAPI, service, run_search, search_model) -> None
 
     @app.get("/diff")
     def diff(
+        request: Request,
         from_ref: Annotated[str, Query(alias="from", max_length=MAX_REF_CHARS)],
         to_ref: Annotated[str, Query(alias="to", max_length=MAX_REF_CHARS)],
     ) -> dict[str, Any]:
-        return diff_versions(service.reader.db, service.cfg.table, from_ref, to_ref)
+        return diff_versions(
+            service.reader.db, service.cfg.table, from_ref, to_ref, access=caller(request)
+        )
 
     @app.get("/explain/{doc_id:path}")
-    def explain(doc_id: str) -> dict[str, Any]:
-        doc = explain_document(service.reader.db, service.cfg.table, doc_id)
+    def explain(doc_id: str, request: Request) -> dict[str, Any]:
+        doc = explain_document(service.reader.db, service.cfg.table, doc_id, access=caller(request))
         if not service.qcfg.api.expose_source_uri:
             doc["source_uri"] = doc["namespace"] = None  # a namespace names its source root
             doc["errors"] = [{**e, "source_uri": None} for e in doc["errors"]]
         doc["errors"] = [{**e, "message": scrub(e["message"] or "")} for e in doc["errors"]]
         return doc
 
-    app.include_router(console_router(service, run_search, search_model))
+    app.include_router(console_router(service, run_search, search_model, caller))
     routes = [getattr(r, "path", "") for r in app.routes]
     app.add_middleware(RequestTelemetry, routes=[r for r in routes if r])
 

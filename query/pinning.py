@@ -10,6 +10,7 @@ handle is pinned explicitly with ``PinnedTable.checked_out(table)``.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from freshindex import store
 from freshindex.config import EmbeddingConfig
 from freshindex.query.config import RetrievalConfig
 from freshindex.query.errors import QueryError
-from freshindex.query.filters import Filter, matches_row, split, to_expr
+from freshindex.query.filters import Filter, matches_row, split, to_expr, to_where
 from freshindex.query.memory_index import MemoryIndex
 from freshindex.query.threads import SMALL_BATCH, one_torch_thread
 from freshindex.query.types import HIT_COLUMNS, Hit, Scanned, parse_metadata
@@ -104,6 +105,30 @@ class PinnedTable:
         self._lock = threading.Lock()
         self._rows: int | None = None
         self._fts_pool = fts_pool or FtsPool()  # a reader's, or this table's own
+        # a caller's view (``restricted``): the access condition every read adds, and the
+        # unrestricted table whose in-RAM index and ANN parameters it shares
+        self.access: Any = None
+        self._visible: tuple[Filter, ...] = ()
+        self._sees_nothing = False
+        self._base: PinnedTable | None = None
+
+    def restricted(self, access, hidden_docs: Sequence[str] = ()) -> PinnedTable:
+        """This version as ``access`` (``freshindex.query.access.Access``) may read it: every
+        candidate list, listing and lookup is filtered by the caller's labels before
+        ranking; ``hidden_docs`` are left out too (an as-of read's documents whose labels
+        no longer admit the caller). Shares this table's in-RAM index; cheap, so built per
+        request."""
+        base = self._base or self
+        view = copy.copy(base)
+        view._base, view.access = base, access
+        visible, view._sees_nothing = access.conditions(base.table.schema)
+        if hidden_docs:  # built directly: the list may be longer than a caller's filter
+            visible = (*visible, Filter("doc_id", "not_in", tuple(sorted(hidden_docs))))
+        view._visible = visible
+        return view
+
+    def _with_access(self, filters: Sequence[Filter]) -> tuple[Filter, ...]:
+        return (*filters, *self._visible)
 
     @classmethod
     def checked_out(cls, table, *, config: RetrievalConfig | None = None) -> PinnedTable:
@@ -121,6 +146,8 @@ class PinnedTable:
 
     @property
     def ann_params(self) -> dict[str, Any]:
+        if self._base is not None:
+            return self._base.ann_params
         if self._ann_params is None:
             self._ann_params = self._read_ann_params() if self._read_ann_params else {}
         return self._ann_params
@@ -129,6 +156,8 @@ class PinnedTable:
 
     @property
     def embedder(self):
+        if self._base is not None:
+            return self._base.embedder
         if self._embedder is None:
             from freshindex.embedding import get_embedder
 
@@ -154,6 +183,8 @@ class PinnedTable:
         return engine
 
     def memory(self) -> MemoryIndex:
+        if self._base is not None:
+            return self._base.memory()
         with self._lock:
             if self._memory is None:
                 self._memory = MemoryIndex(self.table, self._previous_memory)
@@ -168,6 +199,9 @@ class PinnedTable:
         return self
 
     def vectors_for(self, chunk_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        # of candidates already read through the access condition (the reranker's)
+        if self._base is not None:
+            return self._base.vectors_for(chunk_ids)
         if self._memory is not None:
             mem = self._memory
             return {c: mem.vectors[mem.position[c]] for c in chunk_ids if c in mem.position}
@@ -190,6 +224,9 @@ class PinnedTable:
     def vector_candidates(
         self, query_vectors: np.ndarray, n: int, filters: Sequence[Filter]
     ) -> list[list[tuple[dict, float]]]:
+        if self._sees_nothing:
+            return [[] for _ in query_vectors]
+        filters = self._with_access(filters)
         if self.vector_engine == "memory":
             mem = self.memory()
             mask = mem.mask(filters)
@@ -220,10 +257,11 @@ class PinnedTable:
     ) -> list[tuple[dict, float]]:
         from lancedb.query import MatchQuery
 
-        if not query.strip():
+        if not query.strip() or self._sees_nothing:
             return []
-
-        mem = self._memory  # loaded: take the rows from RAM, read only ids and scores
+        filters = self._with_access(filters)
+        base = self._base or self
+        mem = base._memory  # loaded: take the rows from RAM, read only ids and scores
 
         def run(fetch, expr):
             q = self.table.search(MatchQuery(query, store.FTS_COLUMN), query_type="fts")
@@ -248,8 +286,10 @@ class PinnedTable:
     def rows_where(self, filters: Sequence[Filter], limit: int | None = None) -> Scanned:
         """Chunks matching ``filters`` (no query), in document and chunk order, from at most
         ``retrieval.max_scan_rows`` rows read (``scan_capped`` says when that stopped it)."""
-        columns, meta = split(filters)
-        expr = to_expr(columns) if columns else None
+        if self._sees_nothing:
+            return Scanned.of([], False)
+        columns, meta = split(self._with_access(filters))
+        expr = to_where(columns)
         q = self.table.search()
         if expr is not None:
             q = q.where(expr)
@@ -271,7 +311,7 @@ def scan_filtered(run, n: int, filters: Sequence[Filter], max_scan: int) -> Scan
     rows were fetched: a metadata filter that matches nothing must not read the whole table
     (the result is then ``scan_capped``)."""
     columns, meta = split(filters)
-    expr = to_expr(columns) if columns else None
+    expr = to_where(columns)
     if not meta:
         return Scanned(run(n, expr))
     fetch = min(max(4 * n, 40), max_scan)

@@ -11,6 +11,8 @@ Example::
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from typing import Any
 
 from freshindex import store
 from freshindex.config import Config
+from freshindex.query.access import Access, hidden_since
 from freshindex.query.accounting import Ledger
 from freshindex.query.agent import Agent
 from freshindex.query.config import QueryConfig
@@ -77,6 +80,8 @@ class QueryService:
         self._gateway = gateway
         self._environ = environ
         self._lock = threading.Lock()
+        # (old version, newest version, Access.key) -> documents an as-of read hides
+        self._hidden: collections.OrderedDict[tuple, tuple[str, ...]] = collections.OrderedDict()
 
     @classmethod
     def from_config(cls, cfg: Config, qcfg: QueryConfig, **kwargs) -> QueryService:
@@ -109,6 +114,40 @@ class QueryService:
         """The extractive provider scores sentences with the table's own model."""
         return self.reader.pinned().embedder
 
+    # ---- who is asking
+
+    def access(self, principals=None) -> Access:
+        """The caller with ``principals`` (None: anonymous, reads public documents only)."""
+        return Access.of(principals, unlabeled=self.qcfg.retrieval.unlabeled)
+
+    def view(self, as_of: str | int | None = None, caller: Access | None = None) -> PinnedTable:
+        """The version ``as_of`` as ``caller`` may read it (default: anonymous). An as-of
+        read of an older version also hides the documents whose labels no longer admit the
+        caller: a revoked principal reads neither the new nor an old version of them
+        (docs/SECURITY.md)."""
+        access = caller if caller is not None else self.access()
+        if access.unlabeled != self.qcfg.retrieval.unlabeled:
+            access = dataclasses.replace(access, unlabeled=self.qcfg.retrieval.unlabeled)
+        pinned = self.reader.pinned(as_of)
+        hidden: tuple[str, ...] = ()
+        if as_of not in (None, "") and not access.is_admin:
+            newest = self.reader.pinned()
+            if newest.version != pinned.version:
+                hidden = self._hidden_docs(pinned, newest, access)
+        return pinned.restricted(access, hidden)
+
+    def _hidden_docs(self, old: PinnedTable, new: PinnedTable, access: Access):
+        key = (old.version, new.version, access.key)
+        with self._lock:
+            found = self._hidden.get(key)
+        if found is None:
+            found = hidden_since(old, new, access)
+            with self._lock:
+                self._hidden[key] = found
+                while len(self._hidden) > 64:
+                    self._hidden.popitem(last=False)
+        return found
+
     # ---- checks shared by every interface
 
     def check(self, *, query: str, k: int | None = None, mode: str | None = None) -> None:
@@ -137,10 +176,12 @@ class QueryService:
         rrf_k: int | None = None,
         weights: dict[str, float] | None = None,
         reranker: str | None = None,
+        caller: Access | None = None,
     ) -> SearchResult:
+        """``caller``: who is asking (``access``); default anonymous (public documents)."""
         self.check(query=query, k=k, mode=mode)
         started = time.perf_counter()
-        pinned = self.reader.pinned(as_of)
+        pinned = self.view(as_of, caller)
         mode = mode or self.qcfg.retrieval.mode
         k = k or self.qcfg.retrieval.k
         hits = retrieve(
@@ -166,13 +207,19 @@ class QueryService:
         provider: str | None = None,
         ledger: Ledger | None = None,
         deadline: float | None = None,
+        audience: str = "",
     ) -> Answer:
         context, used = assemble_context(hits, self.qcfg.context.max_tokens)
         messages = render(
             self.qcfg.context.prompts_path, "answer", question=question, context=context
         )
         request = ChatRequest(
-            messages, task="answer", question=question, context=used, provider=provider
+            messages,
+            task="answer",
+            question=question,
+            context=used,
+            provider=provider,
+            audience=audience,
         )
         ledger = ledger or self.gateway.ledger.child()
         response = self.gateway.complete(request, ledger=ledger, deadline=deadline)
@@ -200,6 +247,7 @@ class QueryService:
         filters: Any = None,
         as_of: str | int | None = None,
         provider: str | None = None,
+        caller: Access | None = None,
     ) -> Answer:
         """Retrieve, pack the context into the token budget, answer through the gateway, all
         within one ``gateway.request_deadline_s``."""
@@ -209,9 +257,15 @@ class QueryService:
                 hint=f"configured: {sorted(self.qcfg.gateway.providers)}",
             )
         deadline = self.gateway.deadline()
-        result = self.search(question, mode=mode, k=k, filters=filters, as_of=as_of)
+        caller = caller if caller is not None else self.access()
+        result = self.search(question, mode=mode, k=k, filters=filters, as_of=as_of, caller=caller)
         return self.answer_from_hits(
-            question, result.hits, result.table_version, provider=provider, deadline=deadline
+            question,
+            result.hits,
+            result.table_version,
+            provider=provider,
+            deadline=deadline,
+            audience=caller.key,
         )
 
     def agent(
@@ -224,6 +278,7 @@ class QueryService:
         mode: str | None = None,
         k: int | None = None,
         filters: Any = None,
+        caller: Access | None = None,
     ) -> AgentResult:
         self.check(query=question, k=k, mode=mode)
         deadline = self.gateway.deadline()
@@ -231,7 +286,7 @@ class QueryService:
         if max_steps is not None and not 1 <= max_steps <= limit:
             raise LimitExceeded(f"max_steps must be within 1..{limit}, got {max_steps}")
         parse_filters(filters)  # refuse bad filters here, not in the middle of a run
-        pinned: PinnedTable = self.reader.pinned(as_of)
+        pinned: PinnedTable = self.view(as_of, caller)
         return Agent(self.qcfg, self.gateway).run(
             question,
             pinned,

@@ -210,9 +210,17 @@ def _hit_view(h: Hit, max_chars: int = 800) -> dict[str, Any]:
 class Toolbox:
     """The agent's tools, all reading one pinned version."""
 
-    pinned: PinnedTable
+    pinned: PinnedTable  # the caller's view (``PinnedTable.restricted``) in the service
     default_k: int = 5
     hits_seen: dict[str, Hit] = field(default_factory=dict)
+    # the request's mode and filters: the mode a search uses when the model names none, and
+    # filters ANDed with the model's own on every search and listing (a model cannot widen
+    # what the caller asked for)
+    default_mode: str | None = None
+    base_filters: Any = None
+
+    def _filters(self, filters) -> tuple:
+        return (*parse_filters(self.base_filters), *parse_filters(filters))
 
     def run(self, name: str, args: dict[str, Any]) -> Any:
         fn = getattr(self, f"tool_{name}", None)
@@ -223,15 +231,16 @@ class Toolbox:
         with tracing.span("freshindex.agent.tool", tool=name):
             return fn(**args)
 
-    def tool_search(self, query: str, mode: str = "hybrid", k: int | None = None, filters=None):
+    def tool_search(self, query: str, mode: str | None = None, k: int | None = None, filters=None):
         k = max(1, min(int(k or self.default_k), 20))
-        hits = retrieve(self.pinned, str(query), mode=mode, k=k, filters=filters)
+        mode = mode or self.default_mode or "hybrid"
+        hits = retrieve(self.pinned, str(query), mode=mode, k=k, filters=self._filters(filters))
         for h in hits:
             self.hits_seen.setdefault(h.chunk_id, h)
         return [_hit_view(h) for h in hits]
 
     def tool_get_document(self, doc_id: str):
-        rows = self.pinned.rows_where(parse_filters([("doc_id", "=", str(doc_id))]))
+        rows = self.pinned.rows_where(self._filters([("doc_id", "=", str(doc_id))]))
         for r in rows:
             hit = self.pinned.hit(r, 1.0, "lookup")
             self.hits_seen.setdefault(hit.chunk_id, hit)
@@ -243,7 +252,7 @@ class Toolbox:
 
     def tool_list_sources(self, filters=None, limit: int = 100):
         docs: dict[str, dict[str, Any]] = {}
-        rows = self.pinned.rows_where(parse_filters(filters))
+        rows = self.pinned.rows_where(self._filters(filters))
         for r in rows:
             entry = docs.setdefault(
                 r["doc_id"],
@@ -259,7 +268,7 @@ class Toolbox:
         return _noting_cap(list(docs.values())[: max(1, int(limit))], rows)
 
     def tool_filter_metadata(self, filters, limit: int = 20):
-        rows = self.pinned.rows_where(parse_filters(filters), limit=max(1, min(int(limit), 100)))
+        rows = self.pinned.rows_where(self._filters(filters), limit=max(1, min(int(limit), 100)))
         return _noting_cap(
             [
                 {"doc_id": r["doc_id"], "chunk_id": r["chunk_id"], "text": r["text"][:300]}

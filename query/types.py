@@ -209,10 +209,14 @@ class ChatRequest(_Record):
     # Filled by the gateway from the route; a request may pin them.
     provider: str | None = None
     model: str | None = None
+    # who the answer is for: ``Access.key`` of the caller (freshindex.query.access), part
+    # of the cache key, so a cached answer is served only to callers with the same labels
+    audience: str = ""
 
     def cache_material(self) -> dict[str, Any]:
         """What identifies the response besides provider and model."""
         return {
+            "audience": self.audience,
             "task": self.task,
             "messages": [m.to_dict() for m in self.messages],
             "question": self.question,

@@ -22,6 +22,10 @@ Fields (all optional except one of ``text`` / ``uri`` for an upsert):
   stored as ``modified_at``. Defaults to the record's Kafka timestamp. Informational: the
   order of changes is the partition's offset order.
 - ``doc_id``: if present it must equal the key.
+- ``acl``: the document's access labels, a list of principals and groups (e.g.
+  ``["hr", "alice"]``; ``["public"]`` for everyone, ``[]`` for admin only). Absent: the
+  consumer's ``access.rules`` and ``access.default`` decide. Not part of the content: a
+  message that changes only the labels relabels the stored chunks without re-embedding.
 
 Unknown fields are refused (put extra data in ``metadata``), and so is a value larger than
 the consumer's ``max_message_bytes``. A message that breaks the
@@ -45,6 +49,7 @@ from typing import Any
 import pyarrow as pa
 
 from freshindex.errors import DocumentError
+from freshindex.schemas.access import optional_labels
 from freshindex.schemas.records import check_metadata
 from freshindex.schemas.tables import META_PREFIX, SCHEMA_VERSION
 
@@ -62,6 +67,7 @@ MESSAGE_FIELDS = frozenset(
         "title",
         "metadata",
         "updated_at",
+        "acl",
     }
 )
 MAX_KEY_CHARS = 1024
@@ -126,6 +132,7 @@ class DocumentMessage:
     content_type: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     updated_at: float | None = None  # epoch seconds
+    acl: tuple[str, ...] | None = None  # None: the consumer's access rules decide
 
     @property
     def modified_at(self) -> float | None:
@@ -280,6 +287,12 @@ def decode_message(
     if uri is not None and not uri.strip():
         raise InvalidMessage("'uri' is empty", doc_id=doc_id)
     metadata = _metadata(body.get("metadata"), doc_id)
+    try:
+        acl = optional_labels(body.get("acl"))
+    except ValueError as exc:
+        raise InvalidMessage(
+            f"'acl': {exc}", doc_id=doc_id, hint='e.g. "acl": ["hr", "alice"]'
+        ) from None
     return DocumentMessage(
         doc_id=doc_id,
         op=UPSERT,
@@ -290,6 +303,7 @@ def decode_message(
         content_type=_optional_str(body, "content_type", doc_id),
         metadata=metadata,
         updated_at=_epoch(body.get("updated_at"), doc_id),
+        acl=acl,
     )
 
 
@@ -303,6 +317,7 @@ def encode_message(
     metadata: dict[str, Any] | None = None,
     updated_at: str | float | None = None,
     delete: bool = False,
+    acl: list[str] | None = None,
 ) -> tuple[bytes, bytes | None]:
     """(key, value) of a message; a delete is a tombstone (null value).
 
@@ -322,6 +337,8 @@ def encode_message(
         "updated_at": updated_at,
     }
     body.update({k: v for k, v in optional.items() if v})
+    if acl is not None:  # [] is meaningful: admin only
+        body["acl"] = list(acl)
     return doc_id.encode("utf-8"), json.dumps(body, ensure_ascii=False).encode("utf-8")
 
 

@@ -114,7 +114,8 @@ def and_(*conditions: Condition | None) -> Condition | None:
     return parts[0] if len(parts) == 1 else Condition("and", parts=tuple(parts))
 
 
-def _sql_literal(value: Literal) -> str:
+def sql_literal(value: Literal) -> str:
+    """A literal as Lance SQL text (the one quoting rule: see ``where_sql``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -128,13 +129,23 @@ def where_sql(condition: Condition) -> str:
     """SQL text of ``condition`` for an API that accepts only a string (values quoted here,
     tested with quotes, ``%``, backslashes and SQL keywords)."""
     if condition.op == "eq":
-        return f"{condition.column} = {_sql_literal(condition.values[0])}"
+        return f"{condition.column} = {sql_literal(condition.values[0])}"
     if condition.op == "in":
-        return f"{condition.column} IN ({', '.join(map(_sql_literal, condition.values))})"
+        return f"{condition.column} IN ({', '.join(map(sql_literal, condition.values))})"
     if condition.op == "ge":
         stamp = condition.values[0].astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
         return f"{condition.column} >= CAST('{stamp}' AS TIMESTAMP)"
     return " AND ".join(f"({where_sql(p)})" for p in condition.parts)
 
 
-__all__ = ["Condition", "and_", "col", "eq", "in_list", "lit", "prefix_successor", "where_sql"]
+__all__ = [
+    "Condition",
+    "and_",
+    "col",
+    "eq",
+    "in_list",
+    "lit",
+    "prefix_successor",
+    "sql_literal",
+    "where_sql",
+]

@@ -85,6 +85,9 @@ class SourceRef:
     metadata: dict[str, Any] = field(default_factory=dict)
     source_version: str | None = None
     record_offset: int | None = None
+    # access labels (freshindex.schemas.access): given by the record or message, else set
+    # from the source's rules before planning (freshindex.transforms.access); None: unset
+    acl: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class Document:
     elements: tuple[Element, ...]
     metadata: dict[str, Any] = field(default_factory=dict)
     source_version: str | None = None  # SourceRef.source_version of the bytes parsed
+    acl: tuple[str, ...] | None = None  # SourceRef.acl: who may read it
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,11 @@ LEDGER_COLUMNS = (
     "source_uri",
     "namespace",
     "source_version",
+    "acl",
 )
 # Columns added to the chunks schema after tables were first written: a writer opening an
 # older table adds them (null in the old rows) before its first commit.
-ADDED_CHUNK_COLUMNS = ("namespace", "source_version")
+ADDED_CHUNK_COLUMNS = ("namespace", "source_version", "acl")
 # Columns with a scalar index, so merges and lookups do not scan the table.
 INDEXED_COLUMNS = ("chunk_id", "doc_id", "text_hash")
 
@@ -75,6 +76,9 @@ def chunks_schema(vector_dim: int, *, model: str = "", settings: dict[str, Any] 
             # ("size=<bytes>;mtime=<seconds>"): a re-run whose listing says the same skips
             # the document without reading it; null for records, messages and old rows
             pa.field("source_version", pa.string()),
+            # the document's access labels (freshindex.schemas.access): the principals and
+            # groups that may read it; null in rows written before labels existed
+            pa.field("acl", pa.list_(pa.string())),
         ],
         metadata=metadata,
     )

@@ -61,7 +61,9 @@ def zipf_ranks(rng: np.random.Generator, shape) -> np.ndarray:
     return (rng.zipf(1.15, size=shape) - 1) % VOCAB
 
 
-def build_table(folder: Path, rows: int, words: list[str], seed: int = 7) -> None:
+def build_table(folder: Path, rows: int, words: list[str], seed: int = 7, labels=None) -> None:
+    """``labels(doc number)``: a document's access labels (default: public)."""
+    labels = labels or (lambda _doc: ["public"])
     rng = np.random.default_rng(seed)
     db = store.connect(str(folder))
     schema = chunks_schema(DIM, model=MODEL, settings={"synthetic": True})
@@ -93,6 +95,9 @@ def build_table(folder: Path, rows: int, words: list[str], seed: int = 7) -> Non
             "metadata": [json.dumps({"shard": (start + i) % 10}) for i in range(n)],
             "run_id": ["bench"] * n,
             "indexed_at": [now] * n,
+            "namespace": ["bench"] * n,
+            "source_version": [None] * n,
+            "acl": [labels((start + i) // 8) for i in range(n)],
         }
         arrays = []
         for f in schema:

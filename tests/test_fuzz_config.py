@@ -144,6 +144,7 @@ def assert_well_typed(cfg: Config) -> None:
                 "Str": str,
                 "Str | None": (str, type(None)),
                 "tuple[Str, ...]": tuple,
+                "dict[Str, list[Str]]": dict,  # access.rules: glob -> labels
             }[f.type]
             assert isinstance(value, expected), (name, f.name, value)
             assert not (isinstance(value, bool) and f.type != "Bool"), (name, f.name, value)

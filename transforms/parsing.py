@@ -135,6 +135,7 @@ def parse_document(
         elements=elements,
         metadata=dict(ref.metadata),
         source_version=ref.source_version,
+        acl=ref.acl,
     )
 
 

@@ -33,13 +33,15 @@ import apache_beam as beam
 from freshindex import store
 from freshindex.config import CommitConfig
 from freshindex.schemas.records import ErrorRecord, SourceRef
-from freshindex.store.ledger import record_source_versions
+from freshindex.store.ledger import record_source_versions, relabel
+from freshindex.transforms.access import Labeler
 
 log = logging.getLogger(__name__)
 PICKLE_PROTOCOL = 5
 
 PROCESS, SKIPPED, UPDATED, DELETED, ERRORS = "process", "skipped", "updated", "deleted", "errors"
 UNCHANGED, TO_READ, REFRESHED = "unchanged", "to_read", "refreshed"
+RELABELED = "relabeled"  # same bytes and settings, new access labels: (doc_id, hash, labels)
 NAMESPACE_CONFLICT = "NamespaceConflict"
 
 # Does a stored document's source_uri come from this source? (``SourceSpec.owns``)
@@ -196,6 +198,8 @@ def decide(
             yield ERRORS, namespace_conflict(doc_id, entry, namespace, "replace", ref.source_uri)
             return
         if entry.content_hash == ref.content_hash and entry.fingerprint == fingerprint:
+            if ref.acl is not None and entry.acl != tuple(ref.acl):
+                yield RELABELED, (doc_id, ref.content_hash, tuple(ref.acl))
             yield SKIPPED, doc_id
             return
         yield UPDATED, doc_id
@@ -329,19 +333,66 @@ class RecordSourceVersions(beam.PTransform):
         )
 
 
+class _RecordLabels(beam.DoFn):
+    def __init__(self, table: TableRef, commit: CommitConfig | None):
+        self._table, self._commit = table, commit
+
+    def process(self, relabels, manifest):
+        # after the run's commit (``manifest`` is a side input only for that); unlike the
+        # listing metadata a failure here fails the run: a revoked label must not linger
+        if not relabels:
+            return
+        ref = self._table
+        with store.commit_lock(ref.db_uri, ref.table, self._commit) as lease:
+            table = store.open_chunks(store.connect(ref.db_uri), ref.table)
+            store.check_held(lease)
+            done = relabel(table, {doc_id: (h, acl) for doc_id, h, acl in relabels})
+        log.info("relabelled %d unchanged documents (new access labels)", done)
+        yield done
+
+
+class RecordLabels(beam.PTransform):
+    """(doc_id, content_hash, labels) of unchanged documents whose access labels changed ->
+    one commit that sets the labels on all their rows (``store.relabel``), after the run's
+    own commit. Nothing is parsed or embedded. Outputs the number relabelled."""
+
+    def __init__(self, table: TableRef, manifest, commit: CommitConfig | None = None):
+        super().__init__()
+        self._table, self._manifest, self._commit = table, manifest, commit
+
+    def expand(self, relabeled):
+        return (
+            relabeled
+            | "Collect" >> beam.combiners.ToList()
+            | "Relabel"
+            >> beam.ParDo(
+                _RecordLabels(self._table, self._commit),
+                manifest=beam.pvalue.AsList(self._manifest),
+            )
+        )
+
+
 def with_source(error: ErrorRecord, **where) -> ErrorRecord:
     """``error`` with the fields that say where it came from (topic, partition, offset)."""
     return dataclasses.replace(error, **where)
 
 
 class _Decide(beam.DoFn):
-    def __init__(self, fingerprint: str, sync: str, namespace: str | None, owns: Owns | None):
+    def __init__(
+        self,
+        fingerprint: str,
+        sync: str,
+        namespace: str | None,
+        owns: Owns | None,
+        labeler: Labeler | None = None,
+    ):
         self._fingerprint, self._sync = fingerprint, sync
         self._namespace, self._owns = namespace, owns
+        self._labeler = labeler or Labeler()
 
     def process(self, grouped):
         doc_id, groups = grouped
-        refs = [unpacked_ref(r) for r in groups["refs"]]
+        refs = [self._labeler.label(unpacked_ref(r)) for r in groups["refs"]]
         ledger = [unpacked_entry(e) for e in groups["ledger"]]
         failed = any(True for _ in groups.get("failed", ()))
         for tag, value in decide(
@@ -361,17 +412,26 @@ class _Decide(beam.DoFn):
 
 class PlanChanges(beam.PTransform):
     """{refs, ledger[, failed]} -> outputs ``process`` (SourceRef), ``skipped``, ``updated``,
-    ``deleted`` (doc ids), ``errors``, and ``refreshed`` (``new_source_version``).
+    ``deleted`` (doc ids), ``errors``, ``refreshed`` (``new_source_version``) and
+    ``relabeled`` (unchanged documents with new access labels, from ``labeler``).
 
     ``failed`` holds (doc_id, None) for documents the source listed but could not read;
     they count as present. ``namespace`` is the namespace the run writes; ``owns`` tells
     which stored source URIs this source's pattern can produce (``SourceSpec.owns``).
     """
 
-    def __init__(self, fingerprint: str, sync: str, namespace: str | None, owns: Owns | None):
+    def __init__(
+        self,
+        fingerprint: str,
+        sync: str,
+        namespace: str | None,
+        owns: Owns | None,
+        labeler: Labeler | None = None,
+    ):
         super().__init__()
         self._fingerprint, self._sync = fingerprint, sync
         self._namespace, self._owns = namespace, owns
+        self._labeler = labeler
 
     def expand(self, inputs):
         # packed (``packed_ref``): the join holds every document of the source and the table
@@ -382,5 +442,5 @@ class PlanChanges(beam.PTransform):
             joined["failed"] = inputs["failed"]
         grouped = joined | "JoinLedger" >> beam.CoGroupByKey()
         return grouped | "Decide" >> beam.ParDo(
-            _Decide(self._fingerprint, self._sync, self._namespace, self._owns)
-        ).with_outputs(SKIPPED, UPDATED, DELETED, ERRORS, REFRESHED, main=PROCESS)
+            _Decide(self._fingerprint, self._sync, self._namespace, self._owns, self._labeler)
+        ).with_outputs(SKIPPED, UPDATED, DELETED, ERRORS, REFRESHED, RELABELED, main=PROCESS)

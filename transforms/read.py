@@ -31,6 +31,7 @@ from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 from freshindex.errors import SourceChanged, SourceError
+from freshindex.schemas.access import optional_labels
 from freshindex.schemas.records import ErrorRecord, SourceRef, check_metadata, sha256_hex
 from freshindex.store.connection import is_local
 from freshindex.transforms.parse import RECORD_CONTENT_TYPE, content_type_for
@@ -256,6 +257,10 @@ def ref_from_record(line: str, source_uri: str) -> SourceRef:
         check_metadata(metadata)
     except ValueError as exc:
         raise ValueError(f"record {doc_id}: {exc}") from None
+    try:  # who may read it; not part of the content hash: a relabel is not a change
+        acl = optional_labels(record.get("acl"))
+    except ValueError as exc:
+        raise ValueError(f"record {doc_id}: {exc}") from None
     canonical = json.dumps(
         {"title": title, "text": text, "metadata": metadata}, sort_keys=True, ensure_ascii=False
     )
@@ -268,6 +273,7 @@ def ref_from_record(line: str, source_uri: str) -> SourceRef:
         title=title,
         inline_text=text,
         metadata=metadata,
+        acl=acl,
     )
 
 
@@ -399,7 +405,7 @@ class _LoadRecord(beam.DoFn):
                 ),
             )
             return
-        yield full
+        yield dataclasses.replace(full, acl=ref.acl)  # the labels the plan decided with
 
 
 class LoadRecords(beam.PTransform):

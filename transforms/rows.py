@@ -64,6 +64,7 @@ def rows_for(
             cols["indexed_at"].append(now)
             cols["namespace"].append(owner)
             cols["source_version"].append(doc.source_version)
+            cols["acl"].append(None if doc.acl is None else list(doc.acl))
         vectors.append(np.asarray(d.vectors, dtype=np.float32).reshape(len(d.chunks), dim))
     flat = np.concatenate(vectors).reshape(-1) if vectors else np.zeros(0, np.float32)
     schema = chunks_schema(dim)

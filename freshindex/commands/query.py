@@ -1,7 +1,7 @@
 """``freshindex search | ask | agent | serve``: the query layer's subcommands.
 
 freshindex search QUERY [--mode vector|fts|hybrid] [-k N] [--filter 'FIELD OP VALUE']...
-    [--as-of REF]
+    [--as-of REF] [--as PRINCIPAL[,GROUP...]]
 freshindex ask QUESTION [--provider NAME] [same retrieval flags]
 freshindex agent QUESTION [--max-steps N] [--planner auto|tools|deterministic]
 freshindex serve [--host H] [--port P] [--insecure-no-auth]
@@ -59,6 +59,7 @@ def cmd_search(args, _beam_args) -> int:
         as_of=args.as_of,
         rrf_k=args.rrf_k,
         reranker=args.reranker,
+        caller=svc.access(args.principals),
     )
     if args.json:
         _dump(result.to_dict())
@@ -92,6 +93,7 @@ def cmd_ask(args, _beam_args) -> int:
         filters=args.filter,
         as_of=args.as_of,
         provider=args.provider,
+        caller=svc.access(args.principals),
     )
     if args.json:
         _dump(answer.to_dict())
@@ -116,6 +118,7 @@ def cmd_agent(args, _beam_args) -> int:
         mode=args.mode,
         k=args.k,
         filters=args.filter,
+        caller=svc.access(args.principals),
     )
     if args.json:
         _dump(result.to_dict())
@@ -149,7 +152,12 @@ def cmd_serve(args, _beam_args) -> int:
     api = svc.qcfg.api
     host = args.host or api.host
     # before anything else: a refused bind must not first load models or open the table
-    check_bind(host, api_key_env=api.api_key_env, insecure_no_auth=args.insecure_no_auth)
+    check_bind(
+        host,
+        api_key_env=api.api_key_env,
+        insecure_no_auth=args.insecure_no_auth,
+        keys=bool(api.keys),
+    )
     app = create_app(svc)
     if not args.no_warm_up:
         svc.reader.pinned().warm_up()  # load the model and vectors before the first request
@@ -168,6 +176,13 @@ def _retrieval_args(p: argparse.ArgumentParser) -> None:
         "'content_type in text/markdown,text/html', 'metadata.lang = en'",
     )
     p.add_argument("--as-of", dest="as_of", help="version number, tag, or run id")
+    p.add_argument(
+        "--as",
+        dest="principals",
+        metavar="PRINCIPAL[,GROUP...]",
+        help="read as these principals (admin: every document); without it only documents "
+        "labelled public are read (docs/SECURITY.md)",
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:

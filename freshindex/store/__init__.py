@@ -63,6 +63,7 @@ from freshindex.store.ledger import (
     ledger_of,
     lookup_vectors,
     read_ledger,
+    relabel,
 )
 from freshindex.store.lock import CommitNotCoordinated, check_held, commit_lock, token_of
 from freshindex.store.runlock import RunInProgress, RunSkipped, run_lock
@@ -125,6 +126,7 @@ __all__ = [
     "read_stream_offsets",
     "record_ann_state",
     "refresh_fts_index",
+    "relabel",
     "remove_stale_staging",
     "resolve_version",
     "run_lock",

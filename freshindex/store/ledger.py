@@ -28,6 +28,8 @@ class LedgerEntry(NamedTuple):
     namespace: str | None = None  # None: written before namespaces (docs/ARCHITECTURE.md)
     # the listing metadata the document was read with (None: records, messages, old rows)
     source_version: str | None = None
+    # the access labels the rows carry (None: written before labels existed)
+    acl: tuple[str, ...] | None = None
 
 
 def _ledger_rows(rows: pa.Table) -> dict[str, LedgerEntry]:
@@ -36,16 +38,20 @@ def _ledger_rows(rows: pa.Table) -> dict[str, LedgerEntry]:
         return ledger
     columns = {c: rows[c].to_pylist() for c in rows.column_names}
     missing = [None] * rows.num_rows
-    for doc_id, content_hash, fingerprint, source_uri, namespace, version in zip(
+    for doc_id, content_hash, fingerprint, source_uri, namespace, version, acl in zip(
         columns["doc_id"],
         columns["content_hash"],
         columns["fingerprint"],
         columns["source_uri"],
         columns.get("namespace") or missing,
         columns.get("source_version") or missing,
+        columns.get("acl") or missing,
         strict=True,
     ):
-        ledger[doc_id] = LedgerEntry(content_hash, fingerprint, source_uri, namespace, version)
+        labels = None if acl is None else tuple(acl)
+        ledger[doc_id] = LedgerEntry(
+            content_hash, fingerprint, source_uri, namespace, version, labels
+        )
     return ledger
 
 
@@ -93,9 +99,25 @@ def record_source_versions(table, versions: Mapping[str, tuple[str, str]]) -> in
     documents recorded. A document whose stored content hash is no longer the given one
     (replaced meanwhile) is left alone. Call under ``commit_lock``.
     """
+    return _stamp(table, "source_version", pa.string(), versions)
+
+
+def relabel(table, labels: Mapping[str, tuple[str, Sequence[str]]]) -> int:
+    """Set new access labels on every row of documents whose bytes did not change
+    (doc_id -> (content_hash, labels)), in one commit: nothing is parsed or embedded, and
+    readers of the next version see the new labels. Returns the number of documents
+    relabelled; one replaced meanwhile (another content hash) is left alone. Call under
+    ``commit_lock``."""
+    values = {doc_id: (h, list(acl)) for doc_id, (h, acl) in labels.items()}
+    return _stamp(table, "acl", pa.list_(pa.string()), values)
+
+
+def _stamp(table, column: str, kind: pa.DataType, versions: Mapping[str, tuple[str, Any]]) -> int:
+    """Set ``column`` on the rows of documents doc_id -> (content_hash, value) whose stored
+    content hash is still that one, in one merge commit; returns the documents stamped."""
     if not versions:
         return 0
-    if "source_version" not in table.schema.names:  # a table older than the column
+    if column not in table.schema.names:  # a table older than the column
         upgrade_chunks(table, table.schema.field("vector").type.list_size)
     names = table.schema.names
     parts = []
@@ -106,8 +128,8 @@ def record_source_versions(table, versions: Mapping[str, tuple[str, str]]) -> in
         doc_ids, hashes = rows["doc_id"].to_pylist(), rows["content_hash"].to_pylist()
         keep = [versions[d][0] == h for d, h in zip(doc_ids, hashes, strict=True)]
         rows = rows.filter(pa.array(keep, pa.bool_()))
-        stamped = pa.array([versions[d][1] for d in rows["doc_id"].to_pylist()], pa.string())
-        index = rows.schema.get_field_index("source_version")
+        stamped = pa.array([versions[d][1] for d in rows["doc_id"].to_pylist()], kind)
+        index = rows.schema.get_field_index(column)
         parts.append(rows.set_column(index, rows.schema.field(index), stamped))
     merged = pa.concat_tables(parts).select(names)
     if merged.num_rows == 0:

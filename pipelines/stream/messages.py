@@ -26,9 +26,9 @@ def message_source(
     modified_at = msg.modified_at
     if msg.text is not None:
         # the same record shape and content hash as a line of a JSONL corpus
-        line = json.dumps(
-            {"_id": msg.doc_id, "title": msg.title, "text": msg.text, "metadata": msg.metadata}
-        )
+        record = {"_id": msg.doc_id, "title": msg.title, "text": msg.text}
+        record |= {"metadata": msg.metadata, "acl": msg.acl}
+        line = json.dumps(record)
         ref = ref_from_record(line, f"kafka://{msg.record.topic}")
         return dataclasses.replace(ref, modified_at=modified_at), None
     if not stream.allow_uri_messages:
@@ -69,5 +69,6 @@ def message_source(
         modified_at=modified_at,
         title=msg.title,
         metadata=dict(msg.metadata),
+        acl=msg.acl,
     )
     return ref, data

@@ -52,10 +52,12 @@ from freshindex.schemas.messages import (
     last_per_document,
 )
 from freshindex.schemas.records import ErrorRecord
+from freshindex.transforms.access import Labeler
 from freshindex.transforms.kafka_io import KafkaOffsets
 from freshindex.transforms.plan import (
     ERRORS,
     PROCESS,
+    RELABELED,
     SKIPPED,
     UPDATED,
     TableRef,
@@ -141,6 +143,7 @@ class BatchIndexer:
         self._embedder = get_embedder(self._cfg.embedding)  # loaded once, before batch 1
         self._processor = DocumentProcessor(self._cfg.parsing, self._cfg.chunking, self._embedder)
         self._fingerprint = self._cfg.fingerprint()
+        self._labeler = Labeler.of(self._cfg.access)
         self._settings = run_settings(self._cfg)
         self._upkeep = UpkeepSchedule(self._cfg.maintenance)
         self._highwater: dict[tuple[str, int], int] = {}
@@ -197,12 +200,14 @@ class BatchIndexer:
         return self._run.stream.namespace or f"kafka:{msg.record.topic}"
 
     def _plan(self, latest: list[DocumentMessage], table, stats: BatchStats, errors):
-        """(deletes, updated doc ids, [(message, SourceRef, bytes)] to process), decided
-        against the table's ledger like a batch run plans (``freshindex.transforms.plan.decide``).
-        An upsert or delete of a document another namespace owns is refused (an errors
-        row), before the message's content is read."""
+        """(deletes, updated doc ids, [(message, SourceRef, bytes)] to process, relabels),
+        decided against the table's ledger like a batch run plans
+        (``freshindex.transforms.plan.decide``). An upsert or delete of a document another
+        namespace owns is refused (an errors row), before the message's content is read.
+        ``relabels``: doc_id -> (content_hash, labels) of unchanged documents whose access
+        labels changed."""
         ledger = store.ledger_of(table, [m.doc_id for m in latest]) if table is not None else {}
-        deletes, updated, to_process = [], set(), []
+        deletes, updated, to_process, relabels = [], set(), [], {}
         for msg in latest:
             namespace = self._namespace(msg)
             owns = _legacy_owner(msg)
@@ -231,6 +236,7 @@ class BatchIndexer:
                 errors.append((msg.record, read))
                 continue
             ref, data = read
+            ref = self._labeler.label(ref)
             known = [entry] if entry is not None else []
             plan = decide(
                 msg.doc_id, [ref], known, self._fingerprint, "append", owns, namespace=namespace
@@ -242,9 +248,11 @@ class BatchIndexer:
                     updated.add(msg.doc_id)
                 elif tag == PROCESS:
                     to_process.append((msg, ref, data))
+                elif tag == RELABELED:
+                    relabels[value[0]] = (value[1], value[2])
                 elif tag == ERRORS:
                     errors.append((msg.record, self._at(msg.record, value, keep_source=True)))
-        return deletes, updated, to_process
+        return deletes, updated, to_process, relabels
 
     def _process(self, to_process, version, errors):
         """(rows, the documents they hold) for the planned upserts, through the one
@@ -313,6 +321,14 @@ class BatchIndexer:
         )
         stats.lease_token = store.token_of(lease)
         store.refresh_fts_index(table)  # index upkeep; creates missing indexes
+        return table.version
+
+    def relabel(self, relabels: dict[str, tuple[str, tuple[str, ...]]], lease) -> int:
+        """Set new access labels on unchanged documents (``store.relabel``), one commit under
+        the commit lock; returns the table version after it."""
+        store.check_held(lease)
+        table = store.open_chunks(self._db, self._cfg.table)
+        store.relabel(table, relabels)
         return table.version
 
     def _report_errors(self, errors: list[tuple[KafkaRecord, ErrorRecord]]) -> None:
@@ -388,7 +404,7 @@ class BatchIndexer:
         stats.docs_skipped = len(messages) - len(latest)  # superseded inside the batch
         table = self._table()
         version_before = table.version if table is not None else None
-        deletes, updated, to_process = self._plan(latest, table, stats, errors)
+        deletes, updated, to_process, relabels = self._plan(latest, table, stats, errors)
         data, embedded = self._process(to_process, version_before, errors)
         written = {d.document.doc_id for d in embedded}
         self._report_errors(errors)
@@ -421,7 +437,7 @@ class BatchIndexer:
             stats.duration_ms = int((time.monotonic() - started) * 1000)
             self.record_batch(stats, after, committed_at)
 
-        if data is None and not deletes:
+        if data is None and not deletes and not relabels:
             # nothing to commit: the record only moves offsets forward (a stale one from a
             # process that lost the partition never moves them back: the largest wins)
             version = version_before
@@ -434,7 +450,11 @@ class BatchIndexer:
             ):
                 locked = time.monotonic()
                 self.check_ownership(claimed)
-                version = self.commit_chunks(stats, data, written, deletes, lease)
+                version = version_before
+                if data is not None or deletes:
+                    version = self.commit_chunks(stats, data, written, deletes, lease)
+                if relabels:  # access labels only: one commit, nothing parsed or embedded
+                    version = self.relabel(relabels, lease)
                 finish(version)
                 commit_s = time.monotonic() - locked
         progress.positions, progress.batches = after.positions, after.batches

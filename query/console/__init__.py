@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from freshindex import store
 from freshindex.errors import FreshIndexError, TableError
+from freshindex.query.access import readable_docs
 from freshindex.query.errors import QueryError
 from freshindex.query.guard import scrub
 from freshindex.query.lineage import diff_versions, explain_document
@@ -103,9 +104,14 @@ def _error_page(request: Request, exc: Exception, status: int) -> HTMLResponse:
     return response
 
 
-def console_router(service, search: Callable[[Any], dict[str, Any]], search_model) -> APIRouter:
+def console_router(
+    service, search: Callable[[Any, Request], dict[str, Any]], search_model, caller
+) -> APIRouter:
     """The console's routes over ``service`` (a ``QueryService``). ``search``: the API's
-    search function (a ``SearchIn`` -> the /search response), ``search_model``: ``SearchIn``."""
+    search function (a ``SearchIn`` and the request -> the /search response),
+    ``search_model``: ``SearchIn``; ``caller``: request -> the caller's ``Access``, which
+    limits the documents every page names (diff, explain, errors, search) to those the
+    caller may read."""
     router = APIRouter(prefix="/ui", include_in_schema=False)
 
     def db():
@@ -166,7 +172,9 @@ def console_router(service, search: Callable[[Any], dict[str, Any]], search_mode
         result = None
         if from_ref and to_ref:
             try:
-                result = diff_versions(db(), service.cfg.table, from_ref, to_ref)
+                result = diff_versions(
+                    db(), service.cfg.table, from_ref, to_ref, access=caller(request)
+                )
             except FreshIndexError as exc:
                 return _error_page(request, exc, 404)
         return _render("diff.html", request, diff=result, from_ref=from_ref, to_ref=to_ref)
@@ -174,10 +182,15 @@ def console_router(service, search: Callable[[Any], dict[str, Any]], search_mode
     @router.get("/errors", response_class=HTMLResponse)
     def errors(request: Request, run: str = "", stage: str = "", error_class: str = ""):
         rows = store.read_errors(db(), table_name=service.cfg.table, run_id=run or None)
+        access = caller(request)
+        readable = None
+        if not access.is_admin:  # errors of documents the caller may read, and none other
+            readable, _ = readable_docs(store.open_chunks(db(), service.cfg.table), access)
         rows = [
             r
             for r in rows
-            if (not stage or r["stage"] == stage)
+            if (readable is None or r["doc_id"] in readable)
+            and (not stage or r["stage"] == stage)
             and (not error_class or r["error_class"] == error_class)
         ]
         rows.sort(key=lambda r: r["occurred_at"], reverse=True)
@@ -196,7 +209,14 @@ def console_router(service, search: Callable[[Any], dict[str, Any]], search_mode
 
     @router.get("/explain", response_class=HTMLResponse)
     def explain(request: Request, doc_id: str = "") -> HTMLResponse:
-        doc = explain_document(db(), service.cfg.table, doc_id) if doc_id else None
+        try:
+            doc = (
+                explain_document(db(), service.cfg.table, doc_id, access=caller(request))
+                if doc_id
+                else None
+            )
+        except TableError as exc:
+            return _error_page(request, exc, 404)
         if doc is not None:
             doc["errors"] = [{**e, "message": scrub(e["message"] or "")} for e in doc["errors"]]
             if not service.qcfg.api.expose_source_uri:  # as the API: no server paths
@@ -223,7 +243,7 @@ def console_router(service, search: Callable[[Any], dict[str, Any]], search_mode
                     filters=filters or None,
                     as_of=(int(as_of) if as_of.isdigit() else as_of) or None,
                 )
-                result = search(body)
+                result = search(body, request)
             except ValidationError as exc:
                 return _error_page(request, QueryError(_first_problem(exc)), 422)
             except TableError as exc:
