@@ -112,6 +112,18 @@ def shot(driver, artifacts: Path, name: str) -> None:
     print(f"screenshot: {path}")
 
 
+def navigate(browser, element) -> None:
+    """Click ``element`` and wait until the page it leads to replaced this one (a click
+    returns before the new page loads: reading at once would read the old page)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(old))
+
+
 def test_the_console_shows_runs_search_hits_with_citations_and_a_diff(served, browser, artifacts):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -128,10 +140,10 @@ def test_the_console_shows_runs_search_hits_with_citations_and_a_diff(served, br
     assert len(browser.find_elements(By.CSS_SELECTOR, "#runs tr.run")) == len(runs)
     shot(browser, artifacts, "overview")
 
-    browser.find_element(By.ID, "nav-search").click()
+    navigate(browser, browser.find_element(By.ID, "nav-search"))
     browser.find_element(By.ID, "query").send_keys("pool timeout connection")
     Select(browser.find_element(By.ID, "mode")).select_by_value("hybrid")
-    browser.find_element(By.ID, "search-submit").click()
+    navigate(browser, browser.find_element(By.ID, "search-submit"))
     hits = browser.find_elements(By.CSS_SELECTOR, "#results .hit")
     assert hits, browser.page_source[:2000]
     first = hits[0]
@@ -153,7 +165,7 @@ def test_the_console_shows_runs_search_hits_with_citations_and_a_diff(served, br
     browser.get(f"{base}/ui/versions")
     links = browser.find_elements(By.CSS_SELECTOR, "a.diff-link")
     assert links
-    links[0].click()  # newest version: the update of notes/ducks.md
+    navigate(browser, links[0])  # newest version: the update of notes/ducks.md
     changes = browser.find_elements(By.CSS_SELECTOR, "#diff-result tr.change")
     assert [c.text.split()[:2] for c in changes] == [["updated", "notes/ducks.md"]]
     shot(browser, artifacts, "diff")
@@ -163,17 +175,17 @@ def test_the_console_shows_runs_search_hits_with_citations_and_a_diff(served, br
     browser.find_element(By.ID, "from_ref").send_keys(batch_runs[0])
     browser.find_element(By.ID, "to_ref").clear()
     browser.find_element(By.ID, "to_ref").send_keys(batch_runs[1])
-    browser.find_element(By.ID, "diff-submit").click()
+    navigate(browser, browser.find_element(By.ID, "diff-submit"))
     added = browser.find_elements(By.CSS_SELECTOR, "#diff-result tr.change.added")
     added_ids = sorted(a.find_element(By.TAG_NAME, "a").text for a in added)
     assert added_ids == sorted(r["_id"] for r in RECORDS)
     assert f"{len(RECORDS)} added" in browser.find_element(By.ID, "diff-counts").text
 
-    browser.find_element(By.LINK_TEXT, "papers/aspirin").click()
+    navigate(browser, browser.find_element(By.LINK_TEXT, "papers/aspirin"))
     assert "in the table" in browser.find_element(By.ID, "doc").text
     history = browser.find_element(By.ID, "history").text
     assert "added" in history and batch_runs[1] in history
     shot(browser, artifacts, "explain")
 
-    browser.find_element(By.ID, "nav-errors").click()
+    navigate(browser, browser.find_element(By.ID, "nav-errors"))
     assert browser.find_element(By.ID, "errors").is_displayed()
