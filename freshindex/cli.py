@@ -35,6 +35,7 @@ PLUGIN_MODULES = (
     "freshindex.commands.query",
     "freshindex.maintain",
     "freshindex.evaluation",
+    "freshindex.migration",
 )
 
 

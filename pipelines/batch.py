@@ -14,6 +14,7 @@ ones.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -171,6 +172,11 @@ def run_ingest(
     run is still changing.
     """
     prepare_offline()
+    # the name may be an alias (a migrated index, freshindex.store.aliases): write the table
+    # it names now
+    target = store.resolve_alias(store.connect(cfg.db), cfg.table)
+    if target.table != cfg.table:
+        cfg = dataclasses.replace(cfg, table=target.table)
     spec = resolve_source(source, cfg.ingest.namespace)
     run_id = run_id or new_run_id()
     try:

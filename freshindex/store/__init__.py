@@ -13,10 +13,20 @@ One module per concern; the names callers use are re-exported here, so
 * ``indexes``: scalar and full-text indexes
 * ``versions``: tags, version references, as-of reads
 * ``bookkeeping``: ``runs``, ``errors``, ``stream_batches``, ``ann_state``
+* ``aliases``: index names readers use -> physical tables (``aliases`` table)
 * ``staging``: the batch runs' staging folders
 * ``upkeep`` (with ``retention`` and ``ann``): table upkeep, imported on its own
 """
 
+from freshindex.store.aliases import (
+    ALIASES_TABLE,
+    AliasResolver,
+    Target,
+    alias_history,
+    list_aliases,
+    resolve_alias,
+    set_alias,
+)
 from freshindex.store.bookkeeping import (
     ann_search_params,
     append_errors,
@@ -77,10 +87,12 @@ from freshindex.store.verify import CommitCheckFailed, verify_commit
 from freshindex.store.versions import RUN_TAG_PREFIX, open_as_of, resolve_version, tag_version
 
 __all__ = [
+    "ALIASES_TABLE",
     "FTS_COLUMN",
     "FTS_REFRESH_FRACTION",
     "FTS_REFRESH_MIN_ROWS",
     "RUN_TAG_PREFIX",
+    "AliasResolver",
     "CommitCheckFailed",
     "CommitLease",
     "CommitNotCoordinated",
@@ -89,7 +101,9 @@ __all__ = [
     "LedgerEntry",
     "RunInProgress",
     "RunSkipped",
+    "Target",
     "UpgradeReport",
+    "alias_history",
     "ann_search_params",
     "append_errors",
     "append_records",
@@ -111,6 +125,7 @@ __all__ = [
     "iter_ledger",
     "last_ann_state",
     "ledger_of",
+    "list_aliases",
     "lookup_vectors",
     "open_as_of",
     "open_chunks",
@@ -126,8 +141,10 @@ __all__ = [
     "record_ann_state",
     "refresh_fts_index",
     "remove_stale_staging",
+    "resolve_alias",
     "resolve_version",
     "run_lock",
+    "set_alias",
     "staging_dir",
     "staging_root",
     "table_names",

@@ -1,0 +1,528 @@
+"""Blue-green index migration: a shadow table built with new settings, a quality gate, and
+an alias switch (``freshindex migrate start|status|check|cutover|rollback|abort|finish``).
+
+    freshindex migrate start --index docs --config new.yaml [--source DIR]
+    freshindex migrate check --index docs --dataset ../shared/data/scifact
+    freshindex migrate cutover --index docs [--force]
+
+Readers name the index (``docs``); an alias (``freshindex.store.aliases``) says which
+physical table that is. ``start`` builds ``docs__<fingerprint>`` from the live table's
+source with the new settings (model, chunking, parser) through the batch pipeline;
+``cutover`` catches it up with the source once more, then moves the alias in one append;
+``rollback`` moves it back; ``finish`` drops the table no longer served; ``abort`` drops the
+shadow. Each step appends a row to the ``migrations`` table (the state: index, old and new
+table, fingerprint, status, when, what it cost), so every operator sees the same state.
+Procedure and costs: docs/MIGRATION.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from freshindex import store
+from freshindex.config import Config
+from freshindex.errors import ConfigError, TableError
+from freshindex.schemas.predicates import eq
+from freshindex.schemas.tables import META_PREFIX, SCHEMA_VERSION
+
+MIGRATIONS_TABLE = "migrations"
+ACTIVE = ("building", "ready", "cut_over", "rolled_back")
+DEFAULT_TOLERANCE = 0.005  # the same default as `freshindex eval --gate`
+
+MIGRATIONS_SCHEMA = pa.schema(
+    [
+        pa.field("migration_id", pa.string(), nullable=False),
+        pa.field("index_name", pa.string(), nullable=False),
+        pa.field("old_table", pa.string(), nullable=False),
+        pa.field("new_table", pa.string(), nullable=False),
+        pa.field("fingerprint", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("config", pa.string()),  # the new settings, JSON (no secrets: refs only)
+        pa.field("started_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("updated_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("build_seconds", pa.float64()),  # time spent building and catching up
+        pa.field("chunks_embedded", pa.int64()),  # vectors encoded for the shadow
+        pa.field("check", pa.string()),  # the last gate's comparison, JSON
+        pa.field("note", pa.string()),
+    ],
+    metadata={f"{META_PREFIX}schema_version": SCHEMA_VERSION},
+)
+
+
+class MigrationError(TableError):
+    """A migration step that cannot run in the migration's current state."""
+
+
+# ------------------------------------------------------------------ state
+
+
+def _rows(db, index: str) -> list[dict[str, Any]]:
+    table = store.open_if_exists(db, MIGRATIONS_TABLE)
+    if table is None:
+        return []
+    rows = table.search().where(eq("index_name", index).expr()).limit(None).to_arrow()
+    return sorted(rows.to_pylist(), key=lambda r: r["updated_at"])
+
+
+def current(db, index: str) -> dict[str, Any] | None:
+    """The newest state row of the last migration of ``index`` (None: never migrated)."""
+    rows = _rows(db, index)
+    return rows[-1] if rows else None
+
+
+def active(db, index: str) -> dict[str, Any]:
+    state = current(db, index)
+    if state is None or state["status"] not in ACTIVE:
+        raise MigrationError(
+            f"no migration of {index!r} in progress",
+            table=index,
+            hint="start one: freshindex migrate start --index NAME --config NEW.yaml",
+        )
+    return state
+
+
+def record(db, state: dict[str, Any], **changes) -> dict[str, Any]:
+    row = {**state, **changes, "updated_at": store.utcnow()}
+    table = store.bookkeeping_table(db, MIGRATIONS_TABLE, MIGRATIONS_SCHEMA)
+    table.add(pa.Table.from_pylist([row], schema=MIGRATIONS_SCHEMA))
+    return row
+
+
+def shadow_name(index: str, cfg: Config) -> str:
+    return f"{index}__{cfg.fingerprint()[:8]}"
+
+
+def check_model_available(cfg: Config) -> None:
+    """Load the new model now: one that is not installed (or needs the network while
+    offline) fails here with a hint, not at the first query."""
+    from freshindex.embedding import get_embedder
+
+    try:
+        get_embedder(cfg.embedding)
+    except ConfigError:
+        raise
+    except Exception as exc:  # sentence-transformers raises OSError, ValueError, HF errors
+        raise ConfigError(
+            f"embedding model {cfg.embedding.model!r} cannot be loaded here: {exc}",
+            hint="install it (or copy it to a local path and name that path) before "
+            "starting the migration; freshindex runs offline (HF_HUB_OFFLINE=1)",
+        ) from exc
+
+
+def _last_source(db, table: str) -> str | None:
+    runs = [r for r in store.read_runs(db, table) if r.get("kind") == "batch" and r["source"]]
+    return runs[-1]["source"] if runs else None
+
+
+def _table_bytes(db_uri: str, table: str) -> int | None:
+    """Bytes the table's files take (local folder or object store)."""
+    import pyarrow.fs as pafs
+
+    fs, root = store.filesystem(db_uri.rstrip("/") + f"/{table}.lance")
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    except (OSError, FileNotFoundError):
+        return None
+    return sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)
+
+
+# ------------------------------------------------------------------ steps
+
+
+def start(
+    cfg: Config,
+    index: str,
+    source: str | None = None,
+    *,
+    beam_args: list[str] | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Build the shadow table of ``index`` with ``cfg``'s settings; returns the state row."""
+    from freshindex.pipelines.batch import run_ingest
+
+    db = store.connect(cfg.db)
+    state = current(db, index)
+    if state is not None and state["status"] in ACTIVE:
+        raise MigrationError(
+            f"a migration of {index!r} to {state['new_table']!r} is {state['status']}",
+            table=index,
+            hint="finish, abort or roll it back first (freshindex migrate status)",
+        )
+    old = store.resolve_alias(db, index).table
+    if store.open_if_exists(db, old) is None:
+        raise MigrationError(f"no table behind {index!r}", table=index)
+    new = shadow_name(index, cfg)
+    if new == old:
+        raise MigrationError(
+            f"{index!r} is already built with these settings ({old!r})",
+            table=index,
+            hint="change the model, chunking or parsing settings in --config",
+        )
+    source = source or _last_source(db, old)
+    if not source:
+        raise MigrationError(
+            f"no batch run recorded the source of {old!r}",
+            table=old,
+            hint="pass --source (the folder, glob or JSONL the index is built from)",
+        )
+    check_model_available(cfg)
+    now = store.utcnow()
+    state = record(
+        db,
+        {
+            "migration_id": f"{index}-{now:%Y%m%dT%H%M%S}-{cfg.fingerprint()[:8]}",
+            "index_name": index,
+            "old_table": old,
+            "new_table": new,
+            "fingerprint": cfg.fingerprint(),
+            "status": "building",
+            "source": source,
+            "config": json.dumps(cfg.to_dict(), default=str, sort_keys=True),
+            "started_at": now,
+            "build_seconds": 0.0,
+            "chunks_embedded": 0,
+            "check": None,
+            "note": None,
+        },
+    )
+    log(f"building {new} from {source} (live: {old})")
+    started = time.perf_counter()
+    row = run_ingest(dataclasses.replace(cfg, table=new), source, beam_args or [])
+    return record(
+        db,
+        state,
+        status="ready",
+        build_seconds=time.perf_counter() - started,
+        chunks_embedded=int(row.get("chunks_embedded") or 0),
+        note=f"built: run {row['run_id']}, version {row['table_version']}",
+    )
+
+
+def catch_up(db, cfg: Config, state: dict[str, Any], beam_args=None, log=print) -> dict:
+    """Bring the shadow up to date with the source (incremental: only what changed since)."""
+    from freshindex.pipelines.batch import run_ingest
+
+    new_cfg = dataclasses.replace(_state_config(state, cfg), table=state["new_table"])
+    started = time.perf_counter()
+    row = run_ingest(new_cfg, state["source"], beam_args or [])
+    log(
+        f"caught up {state['new_table']}: {row['docs_added']} added, {row['docs_updated']} "
+        f"updated, {row['docs_deleted']} deleted"
+    )
+    return record(
+        db,
+        state,
+        build_seconds=(state["build_seconds"] or 0) + time.perf_counter() - started,
+        chunks_embedded=(state["chunks_embedded"] or 0) + int(row.get("chunks_embedded") or 0),
+    )
+
+
+def _state_config(state: dict[str, Any], cfg: Config) -> Config:
+    from freshindex.config import load_config
+
+    settings = json.loads(state["config"])
+    overrides = {
+        f"{section}.{key}": value
+        for section in ("embedding", "chunking", "parsing")
+        for key, value in settings.get(section, {}).items()
+    }
+    return load_config(overrides={**overrides, "db": cfg.db}, environ={})
+
+
+def lag(db, state: dict[str, Any]) -> dict[str, Any]:
+    """How far the shadow is behind the live table: documents whose content differs (or
+    that one of them lacks), and stream offsets recorded with one and not the other."""
+    live = store.read_ledger(store.open_chunks(db, state["old_table"]))
+    shadow = store.read_ledger(store.open_chunks(db, state["new_table"]))
+    differ = sorted(
+        d
+        for d in live.keys() | shadow.keys()
+        if d not in live or d not in shadow or live[d].content_hash != shadow[d].content_hash
+    )
+    recorded = {t: _stream_offsets(db, state[t]) for t in ("old_table", "new_table")}
+    behind = sum(
+        max(0, n - recorded["new_table"].get(tp, 0)) for tp, n in recorded["old_table"].items()
+    )
+    return {"docs_differ": len(differ), "sample": differ[:5], "messages_behind": behind}
+
+
+def _stream_offsets(db, table: str) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> next offset recorded with the table's commits, whichever
+    consumer group wrote it (a shadow fed by its own stream has a group of its own)."""
+    groups = {r["group_id"] for r in store.read_stream_batches(db, table_name=table)}
+    merged: dict[tuple[str, int], int] = {}
+    for group in groups:
+        for tp, n in store.read_stream_offsets(db, table, group).items():
+            merged[tp] = max(n, merged.get(tp, 0))
+    return merged
+
+
+def status(db_uri: str, index: str) -> dict[str, Any]:
+    db = store.connect(db_uri)
+    state = current(db, index)
+    if state is None:
+        raise MigrationError(f"{index!r} was never migrated", table=index)
+    out = {k: v for k, v in state.items() if k != "config"}
+    out["serving"] = store.resolve_alias(db, index).table
+    if state["status"] in ACTIVE:
+        out["lag"] = lag(db, state)
+        out["disk_bytes"] = {
+            t: _table_bytes(db_uri, t) for t in (state["old_table"], state["new_table"])
+        }
+    return out
+
+
+def check(
+    cfg: Config,
+    index: str,
+    dataset: str,
+    *,
+    split: str = "test",
+    modes=("vector",),
+    tolerance: float = DEFAULT_TOLERANCE,
+    chunk_k: int = 100,
+    log=print,
+) -> dict[str, Any]:
+    """Evaluate the live and the shadow table on a labelled set; record the gate's verdict."""
+    from freshindex.evaluation import compare, evaluate, gate, load_beir, table_retriever
+
+    db = store.connect(cfg.db)
+    state = active(db, index)
+    data = load_beir(dataset, split)
+    results = {}
+    for side in ("old_table", "new_table"):
+        retriever = table_retriever(cfg.db, state[side], None, chunk_k=chunk_k)
+        log(f"{state[side]} (version {retriever.version}):")
+        results[side] = {"modes": evaluate(data, retriever, modes, log=log)}
+    passed, drops = gate(results["new_table"], results["old_table"], tolerance)
+    diff = compare(results["new_table"], results["old_table"])
+    verdict = {
+        "dataset": str(dataset),
+        "split": split,
+        "tolerance": tolerance,
+        "passed": passed,
+        "drops": drops,
+        "old": {m: r["mean"] for m, r in results["old_table"]["modes"].items()},
+        "new": {m: r["mean"] for m, r in results["new_table"]["modes"].items()},
+        "delta": {m: d["delta"] for m, d in diff.items()},
+        "new_version": store.open_chunks(db, state["new_table"]).version,
+    }
+    record(db, state, check=json.dumps(verdict))
+    return verdict
+
+
+def cutover(
+    cfg: Config,
+    index: str,
+    *,
+    force: bool = False,
+    catch_up_first: bool = True,
+    beam_args=None,
+    log=print,
+) -> dict[str, Any]:
+    """Move the alias to the shadow, only when the last check passed (or ``force``)."""
+    db = store.connect(cfg.db)
+    state = active(db, index)
+    if state["status"] not in ("ready", "rolled_back"):
+        raise MigrationError(f"migration of {index!r} is {state['status']}", table=index)
+    verdict = json.loads(state["check"]) if state["check"] else None
+    if not force:
+        if verdict is None:
+            raise MigrationError(
+                f"the shadow of {index!r} was never checked",
+                table=index,
+                hint="run `freshindex migrate check --dataset DIR` first, or pass --force",
+            )
+        if not verdict["passed"]:
+            raise MigrationError(
+                f"the gate refused {state['new_table']!r}: {verdict['drops']} exceed "
+                f"tolerance {verdict['tolerance']}",
+                table=index,
+                hint="keep the live table (migrate abort), or --force to switch anyway",
+            )
+    if catch_up_first:
+        state = catch_up(db, cfg, state, beam_args, log)
+    serving = store.resolve_alias(db, index)
+    store.set_alias(
+        cfg.db,
+        index,
+        state["new_table"],
+        reason=f"migrate cutover {state['migration_id']}" + (" (forced)" if force else ""),
+        expect=serving,
+        commit=cfg.commit,
+        db=db,
+    )
+    return record(db, state, status="cut_over")
+
+
+def rollback(cfg: Config, index: str) -> dict[str, Any]:
+    """Point the alias back at the old table (kept until ``finish``)."""
+    db = store.connect(cfg.db)
+    state = active(db, index)
+    if state["status"] != "cut_over":
+        raise MigrationError(
+            f"migration of {index!r} is {state['status']}: nothing to roll back", table=index
+        )
+    store.set_alias(
+        cfg.db,
+        index,
+        state["old_table"],
+        reason=f"migrate rollback {state['migration_id']}",
+        expect=store.Target(index, state["new_table"]),
+        commit=cfg.commit,
+        db=db,
+    )
+    return record(db, state, status="rolled_back")
+
+
+def abort(cfg: Config, index: str) -> dict[str, Any]:
+    """Drop the shadow of a migration that does not serve (before cutover or rolled back)."""
+    db = store.connect(cfg.db)
+    state = active(db, index)
+    if store.resolve_alias(db, index).table == state["new_table"]:
+        raise MigrationError(
+            f"{state['new_table']!r} serves {index!r}",
+            table=index,
+            hint="roll back first (freshindex migrate rollback), then abort",
+        )
+    if state["new_table"] in store.table_names(db):
+        db.drop_table(state["new_table"])
+    return record(db, state, status="aborted")
+
+
+def finish(cfg: Config, index: str) -> dict[str, Any]:
+    """After a cutover: drop the old table (the end of rollbacks)."""
+    db = store.connect(cfg.db)
+    state = active(db, index)
+    if state["status"] != "cut_over":
+        raise MigrationError(
+            f"migration of {index!r} is {state['status']}: finish follows a cutover",
+            table=index,
+            hint="a rolled-back migration ends with `migrate abort`",
+        )
+    if state["old_table"] in store.table_names(db):
+        # also when the old table has the index's own name: the alias keeps the name
+        db.drop_table(state["old_table"])
+    return record(db, state, status="finished")
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def _print(value: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(value, indent=1, default=str))
+        return
+    for key, item in value.items():
+        print(f"{key:16s} {item}")
+
+
+def cmd_migrate(args, beam_args) -> int:
+    from freshindex.cli import config_from_args
+    from freshindex.evaluation import METRICS
+
+    cfg = config_from_args(args)
+    index = args.index or cfg.table
+    action = args.action
+    if action == "start":
+        state = start(cfg, index, args.source, beam_args=beam_args)
+    elif action == "status":
+        state = status(cfg.db, index)
+    elif action == "check":
+        verdict = check(
+            cfg,
+            index,
+            args.dataset,
+            split=args.split,
+            modes=args.modes,
+            tolerance=args.tolerance,
+        )
+        for mode in verdict["new"]:
+            print(f"{mode}: {'metric':12s} {'live':>8s} {'shadow':>8s} {'delta':>8s}")
+            for m in METRICS:
+                old, new = verdict["old"][mode][m], verdict["new"][mode][m]
+                print(f"      {m:12s} {old:8.4f} {new:8.4f} {new - old:+8.4f}")
+        print("gate: " + ("passed" if verdict["passed"] else f"refused {verdict['drops']}"))
+        return 0 if verdict["passed"] else 1
+    elif action == "cutover":
+        state = cutover(cfg, index, force=args.force, beam_args=beam_args)
+    elif action == "rollback":
+        state = rollback(cfg, index)
+    elif action == "abort":
+        state = abort(cfg, index)
+    else:
+        state = finish(cfg, index)
+    _print({k: v for k, v in state.items() if k != "config"}, args.json)
+    return 0
+
+
+def cmd_alias(args, _beam_args) -> int:
+    from freshindex.cli import config_from_args
+
+    cfg = config_from_args(args)
+    db = store.connect(cfg.db)
+    if args.action == "set":
+        target = store.set_alias(
+            cfg.db, args.name, args.target, args.version, reason="alias set", commit=cfg.commit
+        )
+        print(f"{target.name} -> {target.table}" + (f"@{target.version}" * bool(target.version)))
+    elif args.action == "show":
+        target = store.resolve_alias(db, args.name)
+        print(f"{target.name} -> {target.table}" + (f"@{target.version}" * bool(target.version)))
+        for row in store.alias_history(db, args.name):
+            version = "" if row["version"] is None else f"@{row['version']}"
+            print(
+                f"  {row['seq']:4d} {row['changed_at']:%Y-%m-%d %H:%M:%S} "
+                f"{row['table']}{version}  {row['reason'] or ''}"
+            )
+    else:
+        for target in store.list_aliases(db):
+            version = "" if target.version is None else f"@{target.version}"
+            print(f"{target.name} -> {target.table}{version}")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    from freshindex.cli import add_common_args
+    from freshindex.query.types import MODES
+
+    p = subparsers.add_parser("alias", help="index names readers use -> physical tables")
+    p.add_argument("action", choices=("list", "show", "set"))
+    p.add_argument("name", nargs="?", help="the alias (show, set)")
+    p.add_argument("target", nargs="?", help="the physical table (set)")
+    p.add_argument("--version", type=int, help="pin this version of the target (set)")
+    add_common_args(p)
+    p.set_defaults(func=_checked_alias, beam=False)
+
+    p = subparsers.add_parser(
+        "migrate", help="blue-green migration to new settings, gated on retrieval quality"
+    )
+    p.add_argument(
+        "action", choices=("start", "status", "check", "cutover", "rollback", "abort", "finish")
+    )
+    p.add_argument("--index", help="the index name readers use (default: --table)")
+    p.add_argument("--source", help="start: the source (default: the live table's last run's)")
+    p.add_argument("--dataset", help="check: a BEIR folder (corpus, queries.jsonl, qrels/)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--modes", nargs="+", default=["vector"], choices=MODES)
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
+    p.add_argument("--force", action="store_true", help="cutover: skip the gate")
+    add_common_args(p)
+    p.set_defaults(func=cmd_migrate, beam=True)
+
+
+def _checked_alias(args, beam_args) -> int:
+    if args.action in ("show", "set") and not args.name:
+        print("alias show|set: name the alias", file=sys.stderr)
+        return 2
+    if args.action == "set" and not args.target:
+        print("alias set NAME TABLE: name the table", file=sys.stderr)
+        return 2
+    return cmd_alias(args, beam_args)
