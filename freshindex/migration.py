@@ -29,11 +29,13 @@ from freshindex import store
 from freshindex.config import Config
 from freshindex.errors import ConfigError, TableError
 from freshindex.schemas.predicates import eq
-from freshindex.schemas.tables import META_PREFIX, SCHEMA_VERSION
+from freshindex.schemas.tables import META_PREFIX, SCHEMA_VERSION, table_metadata
 
 MIGRATIONS_TABLE = "migrations"
 ACTIVE = ("building", "ready", "cut_over", "rolled_back")
 DEFAULT_TOLERANCE = 0.005  # the same default as `freshindex eval --gate`
+KAFKA_SOURCE = "kafka://"  # a stream-fed index: source = kafka://<bootstrap>/<topics>
+SWITCH_TIMEOUT_S = 60.0  # how long a switch waits for a stream-fed table to catch up
 
 MIGRATIONS_SCHEMA = pa.schema(
     [
@@ -141,12 +143,18 @@ def start(
     index: str,
     source: str | None = None,
     *,
+    topics: list[str] | None = None,
+    bootstrap_servers: str | None = None,
     beam_args: list[str] | None = None,
     log=print,
+    **stream_settings,
 ) -> dict[str, Any]:
-    """Build the shadow table of ``index`` with ``cfg``'s settings; returns the state row."""
-    from freshindex.pipelines.batch import run_ingest
+    """Build the shadow table of ``index`` with ``cfg``'s settings; returns the state row.
 
+    The source is a batch source (a folder, glob or JSONL; default: the live table's last
+    batch run's), or Kafka ``topics``: the shadow is then built by a catch-up stream run
+    from the topics' first offsets, in a consumer group of its own
+    (``freshindex-<shadow table>``), and kept current by a stream process of its own."""
     db = store.connect(cfg.db)
     state = current(db, index)
     if state is not None and state["status"] in ACTIVE:
@@ -165,6 +173,9 @@ def start(
             table=index,
             hint="change the model, chunking or parsing settings in --config",
         )
+    if topics:
+        bootstrap_servers = bootstrap_servers or cfg.stream.bootstrap_servers
+        source = f"{KAFKA_SOURCE}{bootstrap_servers}/{','.join(topics)}"
     source = source or _last_source(db, old)
     if not source:
         raise MigrationError(
@@ -194,7 +205,23 @@ def start(
     )
     log(f"building {new} from {source} (live: {old})")
     started = time.perf_counter()
-    row = run_ingest(dataclasses.replace(cfg, table=new), source, beam_args or [])
+    shadow_cfg = dataclasses.replace(cfg, table=new)
+    if topics:
+        from freshindex.pipelines.stream import run_stream, stream_config
+
+        stream = stream_config(
+            shadow_cfg,
+            topics=topics,
+            bootstrap_servers=bootstrap_servers,
+            start_offset="earliest",
+            stop_at_end=True,
+            **stream_settings,
+        )
+        row = run_stream(shadow_cfg, stream, beam_args)
+    else:
+        from freshindex.pipelines.batch import run_ingest
+
+        row = run_ingest(shadow_cfg, source, beam_args or [], physical=True)
     return record(
         db,
         state,
@@ -205,35 +232,98 @@ def start(
     )
 
 
-def catch_up(db, cfg: Config, state: dict[str, Any], beam_args=None, log=print) -> dict:
-    """Bring the shadow up to date with the source (incremental: only what changed since)."""
-    from freshindex.pipelines.batch import run_ingest
-
-    new_cfg = dataclasses.replace(_state_config(state, cfg), table=state["new_table"])
-    started = time.perf_counter()
-    row = run_ingest(new_cfg, state["source"], beam_args or [])
-    log(
-        f"caught up {state['new_table']}: {row['docs_added']} added, {row['docs_updated']} "
-        f"updated, {row['docs_deleted']} deleted"
-    )
-    return record(
-        db,
-        state,
-        build_seconds=(state["build_seconds"] or 0) + time.perf_counter() - started,
-        chunks_embedded=(state["chunks_embedded"] or 0) + int(row.get("chunks_embedded") or 0),
-    )
-
-
-def _state_config(state: dict[str, Any], cfg: Config) -> Config:
+def table_config(db, table: str, cfg: Config) -> Config:
+    """``cfg`` with the settings ``table`` was built with (model, chunking, parsing: its
+    metadata, ``pipelines.batch.run_settings``), writing ``table`` itself."""
     from freshindex.config import load_config
 
-    settings = json.loads(state["config"])
+    settings = json.loads(table_metadata(store.open_chunks(db, table).schema)["settings"])
     overrides = {
         f"{section}.{key}": value
         for section in ("embedding", "chunking", "parsing")
         for key, value in settings.get(section, {}).items()
     }
-    return load_config(overrides={**overrides, "db": cfg.db}, environ={})
+    built = load_config(overrides={**overrides, "db": cfg.db}, environ={})
+    return dataclasses.replace(
+        cfg, table=table, embedding=built.embedding, chunking=built.chunking, parsing=built.parsing
+    )
+
+
+def _behind(db, ahead: str, behind: str) -> int:
+    """Messages recorded with ``ahead``'s commits and not (yet) with ``behind``'s."""
+    a, b = _stream_offsets(db, ahead), _stream_offsets(db, behind)
+    return sum(max(0, n - b.get(tp, 0)) for tp, n in a.items())
+
+
+def switch(
+    cfg: Config,
+    state: dict[str, Any],
+    to_side: str,
+    reason: str,
+    *,
+    timeout_s: float = SWITCH_TIMEOUT_S,
+    beam_args=None,
+    log=print,
+) -> dict[str, Any]:
+    """Move the alias from the table it serves to ``state[to_side]``, with nothing applied
+    to the one and not the other at that moment; returns the state with the cost added.
+
+    * batch source: under the serving table's run lock (no batch run changes it
+      meanwhile), the target is caught up with the source (incremental), then switched;
+    * Kafka source: under both tables' commit locks (no micro-batch commits to either
+      meanwhile), the switch happens once the target's recorded offsets have reached the
+      serving table's; until then the locks are released and it waits (``timeout_s``).
+    """
+    db = store.connect(cfg.db)
+    index = state["index_name"]
+    serving = store.resolve_alias(db, index)
+    target = state[to_side]
+    started = time.perf_counter()
+    embedded = 0
+
+    def move():
+        store.set_alias(
+            cfg.db, index, target, reason=reason, expect=serving, commit=cfg.commit, db=db
+        )
+
+    if state["source"].startswith(KAFKA_SOURCE):
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with (
+                store.commit_lock(cfg.db, serving.table, cfg.commit),
+                store.commit_lock(cfg.db, target, cfg.commit),
+            ):
+                behind = _behind(db, serving.table, target)
+                if behind == 0:
+                    move()
+                    break
+            if time.monotonic() > deadline:
+                raise MigrationError(
+                    f"{target!r} is {behind} messages behind {serving.table!r}",
+                    table=target,
+                    hint=f"is a stream writing {target!r} running? (freshindex stream "
+                    f"--table {target} with its settings); try again when it caught up",
+                )
+            time.sleep(0.2)
+    else:
+        from freshindex.pipelines.batch import run_ingest
+        from freshindex.schemas.bookkeeping import new_run_id
+
+        run_id = new_run_id()
+        with store.run_lock(cfg.db, serving.table, run_id, if_running="wait", commit=cfg.commit):
+            row = run_ingest(
+                table_config(db, target, cfg), state["source"], beam_args or [], physical=True
+            )
+            embedded = int(row.get("chunks_embedded") or 0)
+            log(
+                f"caught up {target}: {row['docs_added']} added, {row['docs_updated']} "
+                f"updated, {row['docs_deleted']} deleted"
+            )
+            move()
+    return {
+        "build_seconds": (state["build_seconds"] or 0) + time.perf_counter() - started,
+        "chunks_embedded": (state["chunks_embedded"] or 0) + embedded,
+    }
 
 
 def lag(db, state: dict[str, Any]) -> dict[str, Any]:
@@ -246,10 +336,7 @@ def lag(db, state: dict[str, Any]) -> dict[str, Any]:
         for d in live.keys() | shadow.keys()
         if d not in live or d not in shadow or live[d].content_hash != shadow[d].content_hash
     )
-    recorded = {t: _stream_offsets(db, state[t]) for t in ("old_table", "new_table")}
-    behind = sum(
-        max(0, n - recorded["new_table"].get(tp, 0)) for tp, n in recorded["old_table"].items()
-    )
+    behind = _behind(db, state["old_table"], state["new_table"])
     return {"docs_differ": len(differ), "sample": differ[:5], "messages_behind": behind}
 
 
@@ -323,7 +410,7 @@ def cutover(
     index: str,
     *,
     force: bool = False,
-    catch_up_first: bool = True,
+    timeout_s: float = SWITCH_TIMEOUT_S,
     beam_args=None,
     log=print,
 ) -> dict[str, Any]:
@@ -347,39 +434,38 @@ def cutover(
                 table=index,
                 hint="keep the live table (migrate abort), or --force to switch anyway",
             )
-    if catch_up_first:
-        state = catch_up(db, cfg, state, beam_args, log)
-    serving = store.resolve_alias(db, index)
-    store.set_alias(
-        cfg.db,
-        index,
-        state["new_table"],
-        reason=f"migrate cutover {state['migration_id']}" + (" (forced)" if force else ""),
-        expect=serving,
-        commit=cfg.commit,
-        db=db,
+    cost = switch(
+        cfg,
+        state,
+        "new_table",
+        f"migrate cutover {state['migration_id']}" + (" (forced)" if force else ""),
+        timeout_s=timeout_s,
+        beam_args=beam_args,
+        log=log,
     )
-    return record(db, state, status="cut_over")
+    return record(db, state, status="cut_over", **cost)
 
 
-def rollback(cfg: Config, index: str) -> dict[str, Any]:
-    """Point the alias back at the old table (kept until ``finish``)."""
+def rollback(
+    cfg: Config, index: str, *, timeout_s: float = SWITCH_TIMEOUT_S, beam_args=None, log=print
+) -> dict[str, Any]:
+    """Point the alias back at the old table (kept until ``finish``), caught up first."""
     db = store.connect(cfg.db)
     state = active(db, index)
     if state["status"] != "cut_over":
         raise MigrationError(
             f"migration of {index!r} is {state['status']}: nothing to roll back", table=index
         )
-    store.set_alias(
-        cfg.db,
-        index,
-        state["old_table"],
-        reason=f"migrate rollback {state['migration_id']}",
-        expect=store.Target(index, state["new_table"]),
-        commit=cfg.commit,
-        db=db,
+    cost = switch(
+        cfg,
+        state,
+        "old_table",
+        f"migrate rollback {state['migration_id']}",
+        timeout_s=timeout_s,
+        beam_args=beam_args,
+        log=log,
     )
-    return record(db, state, status="rolled_back")
+    return record(db, state, status="rolled_back", **cost)
 
 
 def abort(cfg: Config, index: str) -> dict[str, Any]:
@@ -432,7 +518,14 @@ def cmd_migrate(args, beam_args) -> int:
     index = args.index or cfg.table
     action = args.action
     if action == "start":
-        state = start(cfg, index, args.source, beam_args=beam_args)
+        state = start(
+            cfg,
+            index,
+            args.source,
+            topics=args.topics,
+            bootstrap_servers=args.bootstrap_servers,
+            beam_args=beam_args,
+        )
     elif action == "status":
         state = status(cfg.db, index)
     elif action == "check":
@@ -454,7 +547,7 @@ def cmd_migrate(args, beam_args) -> int:
     elif action == "cutover":
         state = cutover(cfg, index, force=args.force, beam_args=beam_args)
     elif action == "rollback":
-        state = rollback(cfg, index)
+        state = rollback(cfg, index, beam_args=beam_args)
     elif action == "abort":
         state = abort(cfg, index)
     else:
@@ -509,6 +602,8 @@ def register_cli(subparsers) -> None:
     )
     p.add_argument("--index", help="the index name readers use (default: --table)")
     p.add_argument("--source", help="start: the source (default: the live table's last run's)")
+    p.add_argument("--topics", nargs="+", help="start: a stream-fed index's Kafka topics")
+    p.add_argument("--kafka-bootstrap-servers", dest="bootstrap_servers")
     p.add_argument("--dataset", help="check: a BEIR folder (corpus, queries.jsonl, qrels/)")
     p.add_argument("--split", default="test")
     p.add_argument("--modes", nargs="+", default=["vector"], choices=MODES)

@@ -14,7 +14,7 @@ import pytest
 
 from freshindex import migration, store
 from freshindex.config import load_config
-from freshindex.errors import ConfigError
+from freshindex.errors import ConfigError, SchemaMismatch
 from freshindex.pipelines.batch import run_ingest
 from freshindex.query.readers import IndexReader
 from freshindex.query.retrieval import retrieve
@@ -74,16 +74,22 @@ def test_migration_lifecycle(fake_cfg, corpus):
 
     with pytest.raises(migration.MigrationError, match="serves"):
         migration.abort(fake_cfg, "docs")  # the shadow serves: roll back first
-    migration.rollback(fake_cfg, "docs")
-    assert reader.pinned().name == "docs"
+    # after the cutover, writers naming the index write the shadow (the new settings);
+    # one with the old settings is refused instead of mixing two chunkings
+    (corpus / "notes" / "geese.md").write_text("# Geese\n\nGeese honk at dawn.")
+    with pytest.raises(SchemaMismatch, match="other settings"):
+        run_ingest(fake_cfg, str(corpus), [])
+    run_ingest(new_cfg, str(corpus), [])
+    assert "notes/geese.md" in served_docs(reader)
+    migration.rollback(fake_cfg, "docs", log=lambda *_: None)  # catches the old table up
+    assert reader.pinned().name == "docs" and "notes/geese.md" in served_docs(reader)
     migration.cutover(fake_cfg, "docs", force=True, log=lambda *_: None)
     migration.finish(fake_cfg, "docs")
     assert "docs" not in store.table_names(db) and reader.pinned().name == shadow
     assert migration.status(fake_cfg.db, "docs")["status"] == "finished"
 
-    # writers that name the index write the table it serves from
     (corpus / "notes" / "swans.md").write_text("# Swans\n\nSwans are white.")
-    run_ingest(fake_cfg, str(corpus), [])
+    run_ingest(new_cfg, str(corpus), [])
     assert "notes/swans.md" in served_docs(reader)
 
 
@@ -96,7 +102,12 @@ def test_the_shadow_records_its_own_model_and_readers_follow_it(fake_cfg, corpus
     state = migration.start(new_cfg, "docs", log=lambda *_: None)
     recorded = json.loads(state["config"])
     assert recorded["chunking"]["max_tokens"] == 32
-    assert migration._state_config(state, fake_cfg).fingerprint() == new_cfg.fingerprint()
+    db = store.connect(db_uri)
+    built = migration.table_config(db, state["new_table"], fake_cfg)
+    assert built.fingerprint() == new_cfg.fingerprint() and built.table == state["new_table"]
+    assert store.recorded_fingerprint(store.open_chunks(db, state["new_table"])) == (
+        new_cfg.fingerprint()
+    )
 
 
 @pytest.mark.slow  # runs the batch pipeline (seconds)

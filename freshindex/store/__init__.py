@@ -24,8 +24,10 @@ from freshindex.store.aliases import (
     Target,
     alias_history,
     list_aliases,
+    recorded_fingerprint,
     resolve_alias,
     set_alias,
+    writer_table,
 )
 from freshindex.store.bookkeeping import (
     ann_search_params,
@@ -139,6 +141,7 @@ __all__ = [
     "read_stream_batches",
     "read_stream_offsets",
     "record_ann_state",
+    "recorded_fingerprint",
     "refresh_fts_index",
     "remove_stale_staging",
     "resolve_alias",
@@ -153,4 +156,5 @@ __all__ = [
     "upgrade_chunks",
     "utcnow",
     "verify_commit",
+    "writer_table",
 ]

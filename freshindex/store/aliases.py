@@ -21,14 +21,15 @@ table) to the end of its request.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from freshindex.config import CommitConfig
-from freshindex.errors import TableError
+from freshindex.errors import SchemaMismatch, TableError
 from freshindex.schemas.predicates import eq
-from freshindex.schemas.tables import META_PREFIX, SCHEMA_VERSION
+from freshindex.schemas.tables import META_PREFIX, SCHEMA_VERSION, table_metadata
 from freshindex.store.bookkeeping import bookkeeping_table
 from freshindex.store.connection import connect, open_if_exists, table_names, utcnow
 from freshindex.store.lock import check_held, commit_lock
@@ -99,6 +100,36 @@ class AliasResolver:
         else:
             self._aliases.checkout_latest()
         return _target(name, _rows(self._aliases, name))
+
+
+def recorded_fingerprint(table) -> str | None:
+    """The settings fingerprint a chunks table was created with (None: not recorded)."""
+    try:
+        return json.loads(table_metadata(table.schema).get("settings") or "{}").get("fingerprint")
+    except ValueError:
+        return None
+
+
+def writer_table(db, name: str, fingerprint: str) -> str:
+    """The table a writer (a batch run, a stream process) named ``name`` writes: the alias's
+    target. Resolved once, when the writer starts: its settings belong to one table, so a
+    writer whose settings are not the ones the target was built with is refused (after a
+    migration's cutover the name serves a table of other settings: chunks of two chunkings
+    must not mix)."""
+    target = resolve_alias(db, name)
+    if target.table == name:
+        return name
+    table = open_if_exists(db, target.table)
+    recorded = None if table is None else recorded_fingerprint(table)
+    if recorded is not None and recorded != fingerprint:
+        raise SchemaMismatch(
+            f"{name!r} now names table {target.table!r}, built with other settings "
+            f"(fingerprint {recorded}, this writer's is {fingerprint})",
+            table=target.table,
+            hint="use the settings of the migration that built it (freshindex migrate status), "
+            "or name the table itself",
+        )
+    return target.table
 
 
 def list_aliases(db) -> list[Target]:

@@ -310,8 +310,12 @@ def run_stream(
     return its manifest row (``runs`` table, kind ``stream``)."""
     prepare_offline()
     reset_stop()
-    current_version(cfg.db, cfg.table, cfg.embedding.model)  # refuses a model mismatch now
     db = store.connect(cfg.db)
+    # an alias names the table to write once, at start (store.writer_table); the consumer
+    # group stays the one configured
+    table = store.writer_table(db, cfg.table, cfg.fingerprint())
+    cfg = cfg if table == cfg.table else dataclasses.replace(cfg, table=table)
+    current_version(cfg.db, cfg.table, cfg.embedding.model)  # refuses a model mismatch now
     if stream.dead_letter_topic:  # a missing one would block the first bad message
         offsets = KafkaOffsets(stream.kafka)
         try:
