@@ -149,3 +149,16 @@ def test_aliases_on_object_storage(fake_cfg, s3_bucket):
     # another process's view: a fresh connection resolves the new target
     assert store.resolve_alias(store.connect(cfg.db), "docs").table == "docs__new"
     assert doc_ids(before) == {"a", "b"} and doc_ids(reader) == {"c"}
+
+
+def test_alias_commands(two_tables, db_uri, capsys):
+    from freshindex.cli import main
+
+    assert main(["alias", "set", "docs", "docs__new", "--db", db_uri]) == 0
+    assert main(["alias", "list", "--db", db_uri]) == 0
+    assert main(["alias", "show", "docs", "--db", db_uri]) == 0
+    out = capsys.readouterr().out
+    assert out.count("docs -> docs__new") == 3 and "alias set" in out
+    assert main(["alias", "set", "docs", "--db", db_uri]) == 2  # no table named
+    assert main(["alias", "set", "docs", "nope", "--db", db_uri]) != 0
+    assert store.resolve_alias(two_tables, "docs").table == "docs__new"
