@@ -181,7 +181,8 @@ def start(
         raise MigrationError(
             f"no batch run recorded the source of {old!r}",
             table=old,
-            hint="pass --source (the folder, glob or JSONL the index is built from)",
+            hint="pass --source (the folder, glob or JSONL the index is built from) or, "
+            "for a stream-fed index, --topics",
         )
     check_model_available(cfg)
     now = store.utcnow()
@@ -206,22 +207,28 @@ def start(
     log(f"building {new} from {source} (live: {old})")
     started = time.perf_counter()
     shadow_cfg = dataclasses.replace(cfg, table=new)
-    if topics:
-        from freshindex.pipelines.stream import run_stream, stream_config
+    try:
+        if topics:
+            from freshindex.pipelines.stream import run_stream, stream_config
 
-        stream = stream_config(
-            shadow_cfg,
-            topics=topics,
-            bootstrap_servers=bootstrap_servers,
-            start_offset="earliest",
-            stop_at_end=True,
-            **stream_settings,
-        )
-        row = run_stream(shadow_cfg, stream, beam_args)
-    else:
-        from freshindex.pipelines.batch import run_ingest
+            stream = stream_config(
+                shadow_cfg,
+                topics=topics,
+                bootstrap_servers=bootstrap_servers,
+                start_offset="earliest",
+                stop_at_end=True,
+                **stream_settings,
+            )
+            row = run_stream(shadow_cfg, stream, beam_args)
+        else:
+            from freshindex.pipelines.batch import run_ingest
 
-        row = run_ingest(shadow_cfg, source, beam_args or [], physical=True)
+            row = run_ingest(shadow_cfg, source, beam_args or [], physical=True)
+    except BaseException as exc:
+        # not active any more: a new `start` resumes the build (the batch and the stream
+        # are incremental), `abort` is not needed
+        record(db, state, status="failed", note=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
     return record(
         db,
         state,
@@ -366,11 +373,47 @@ def status(db_uri: str, index: str) -> dict[str, Any]:
     return out
 
 
+def labelled_set(folder: str, split: str = "test", queries: str | None = None, qrels=None):
+    """A BEIR folder (``queries.jsonl``, ``qrels/<split>.tsv``; its corpus is not read), or
+    a user's own ``queries`` (JSONL ``{_id, text}``) and ``qrels`` (TSV ``query-id,
+    corpus-id, score``) files."""
+    from pathlib import Path
+
+    from freshindex.evaluation import BeirDataset, load_beir
+
+    if queries is None and qrels is None and (Path(folder) / "corpus.jsonl").exists():
+        return load_beir(folder, split)
+    queries_path = Path(queries or Path(folder) / "queries.jsonl")
+    qrels_path = Path(qrels or Path(folder) / "qrels" / f"{split}.tsv")
+    for needed in (queries_path, qrels_path):
+        if not needed.exists():
+            raise ConfigError(
+                f"{needed} not found",
+                hint="a labelled set is queries.jsonl ({_id, text} per line) and a qrels "
+                "TSV (query-id, corpus-id, score), or a BEIR folder",
+            )
+    judged: dict[str, dict[str, int]] = {}
+    for i, line in enumerate(qrels_path.read_text().splitlines()):
+        parts = line.split("\t")
+        if (i == 0 and parts[0] == "query-id") or len(parts) < 3:
+            continue
+        judged.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+    texts = {}
+    for line in queries_path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            if str(record["_id"]) in judged:
+                texts[str(record["_id"])] = record["text"]
+    return BeirDataset(Path(folder or queries_path.parent), split, texts, judged)
+
+
 def check(
     cfg: Config,
     index: str,
-    dataset: str,
+    dataset: str | None,
     *,
+    queries: str | None = None,
+    qrels: str | None = None,
     split: str = "test",
     modes=("vector",),
     tolerance: float = DEFAULT_TOLERANCE,
@@ -378,20 +421,27 @@ def check(
     log=print,
 ) -> dict[str, Any]:
     """Evaluate the live and the shadow table on a labelled set; record the gate's verdict."""
-    from freshindex.evaluation import compare, evaluate, gate, load_beir, table_retriever
+    from freshindex.evaluation import compare, evaluate, gate
+    from freshindex.query.retrieval import IndexReader, retrieve_batch
 
     db = store.connect(cfg.db)
     state = active(db, index)
-    data = load_beir(dataset, split)
+    data = labelled_set(dataset or "", split, queries, qrels)
     results = {}
     for side in ("old_table", "new_table"):
-        retriever = table_retriever(cfg.db, state[side], None, chunk_k=chunk_k)
-        log(f"{state[side]} (version {retriever.version}):")
-        results[side] = {"modes": evaluate(data, retriever, modes, log=log)}
+        # the physical tables themselves: the index's name may serve either of them
+        with IndexReader(db, state[side], aliases=False) as reader:
+            pinned = reader.pinned()
+
+            def retriever(queries, mode, pinned=pinned):
+                return retrieve_batch(pinned, queries, mode=mode, k=chunk_k)
+
+            log(f"{state[side]} (version {pinned.version}):")
+            results[side] = {"modes": evaluate(data, retriever, modes, log=log)}
     passed, drops = gate(results["new_table"], results["old_table"], tolerance)
     diff = compare(results["new_table"], results["old_table"])
     verdict = {
-        "dataset": str(dataset),
+        "dataset": str(dataset or queries),
         "split": split,
         "tolerance": tolerance,
         "passed": passed,
@@ -469,7 +519,8 @@ def rollback(
 
 
 def abort(cfg: Config, index: str) -> dict[str, Any]:
-    """Drop the shadow of a migration that does not serve (before cutover or rolled back)."""
+    """Drop the shadow of a migration that does not serve (before cutover or rolled back).
+    Stop the shadow's stream process first (it would create the table again)."""
     db = store.connect(cfg.db)
     state = active(db, index)
     if store.resolve_alias(db, index).table == state["new_table"]:
@@ -533,6 +584,8 @@ def cmd_migrate(args, beam_args) -> int:
             cfg,
             index,
             args.dataset,
+            queries=args.queries,
+            qrels=args.qrels,
             split=args.split,
             modes=args.modes,
             tolerance=args.tolerance,
@@ -605,6 +658,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--topics", nargs="+", help="start: a stream-fed index's Kafka topics")
     p.add_argument("--kafka-bootstrap-servers", dest="bootstrap_servers")
     p.add_argument("--dataset", help="check: a BEIR folder (corpus, queries.jsonl, qrels/)")
+    p.add_argument("--queries", help="check: your own queries.jsonl (with --qrels)")
+    p.add_argument("--qrels", help="check: your own qrels TSV (query-id, corpus-id, score)")
     p.add_argument("--split", default="test")
     p.add_argument("--modes", nargs="+", default=["vector"], choices=MODES)
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)

@@ -44,6 +44,7 @@ class IndexReader:
         config: RetrievalConfig | None = None,
         embedding: EmbeddingConfig | None = None,
         embedder=None,
+        aliases: bool = True,
     ):
         self.db = db
         self.table_name = table_name
@@ -51,8 +52,10 @@ class IndexReader:
         self.embedding = embedding
         self._embedder = embedder
         # ``table_name`` is the name readers use: an alias (``store.aliases``) or a table;
-        # it is resolved again at every pin, so a switch is seen by the next request
-        self._aliases = store.AliasResolver(db)
+        # it is resolved again at every pin, so a switch is seen by the next request.
+        # ``aliases=False`` reads the table of that name itself (a migration comparing two
+        # physical tables)
+        self._aliases = store.AliasResolver(db if aliases else None)
         self._target = self._aliases.resolve(table_name)
         self._head = store.open_chunks(db, self._target.table)
         self._pinned: collections.OrderedDict[tuple[str, int], PinnedTable] = (

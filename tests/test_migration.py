@@ -175,3 +175,54 @@ def test_the_gate_refuses_a_worse_config_and_accepts_a_neutral_one(real_cfg, tmp
     assert verdict["passed"], verdict["drops"]
     migration.cutover(real_cfg, "docs", log=lambda *_: None)
     assert store.resolve_alias(store.connect(real_cfg.db), "docs").table.startswith("docs__")
+
+
+def _state(db, old: str, new: str) -> dict:
+    now = store.utcnow()
+    return migration.record(
+        db,
+        {
+            "migration_id": "m1",
+            "index_name": "docs",
+            "old_table": old,
+            "new_table": new,
+            "fingerprint": "f",
+            "status": "ready",
+            "source": "unused",
+            "config": "{}",
+            "started_at": now,
+            "build_seconds": 0.0,
+            "chunks_embedded": 0,
+            "check": None,
+            "note": None,
+        },
+    )
+
+
+@pytest.mark.slow  # the evaluation's imports take seconds
+def test_check_compares_the_physical_tables_and_gates_the_cutover(db_uri, tmp_path):
+    from tests.test_aliases import make_table
+
+    texts = {f"d{i}": f"document {i} about {w}" for i, w in enumerate("abcdefgh")}
+    db = store.connect(db_uri)
+    make_table(db, "docs", texts)
+    # the shadow holds the same ids with the texts shifted by one: retrieval gets worse
+    ids = list(texts)
+    make_table(db, "docs__worse", {ids[i]: texts[ids[i - 1]] for i in range(len(ids))})
+    (tmp_path / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": texts[d]}) + "\n" for i, d in enumerate(ids))
+    )
+    (tmp_path / "qrels.tsv").write_text("".join(f"q{i}\t{d}\t1\n" for i, d in enumerate(ids)))
+    _state(db, "docs", "docs__worse")
+    cfg = load_config(overrides={"db": db_uri, "table": "docs"}, environ={})
+    kwargs = dict(queries=str(tmp_path / "queries.jsonl"), qrels=str(tmp_path / "qrels.tsv"))
+    verdict = migration.check(cfg, "docs", None, log=lambda *_: None, **kwargs)
+    assert verdict["old"]["vector"]["ndcg@10"] > verdict["new"]["vector"]["ndcg@10"]
+    assert not verdict["passed"] and verdict["drops"]
+    with pytest.raises(migration.MigrationError, match="gate refused"):
+        migration.cutover(cfg, "docs")
+    # the index name serving the shadow does not change what check compares
+    store.set_alias(db_uri, "docs", "docs__worse")
+    again = migration.check(cfg, "docs", None, log=lambda *_: None, **kwargs)
+    assert again["old"] == verdict["old"] and again["new"] == verdict["new"]
+    assert json.loads(migration.current(db, "docs")["check"])["passed"] is False

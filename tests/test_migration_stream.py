@@ -182,7 +182,7 @@ def test_migrations_of_a_stream_fed_index_under_load(fake_cfg, kafka, tmp_path):
         history.send(25)  # updates and deletes while the migration runs
         wait_for(lambda: offsets_reach_end(db, "docs", history), "live to catch up", procs)
         assert set(loop.served) == {"docs"}  # the old table serves until the cutover
-        migration.cutover(fake_cfg, "docs", force=True, log=lambda *_: None)
+        migration.cutover(fake_cfg, "docs", force=True, timeout_s=300, log=lambda *_: None)
         served_at_cutover = len(loop.served)
         history.send(10)
         wait_for(lambda: offsets_reach_end(db, shadow, history), "the shadow", procs)
@@ -190,11 +190,11 @@ def test_migrations_of_a_stream_fed_index_under_load(fake_cfg, kafka, tmp_path):
         assert loop.served[-1] == shadow
         assert_right(db, shadow, history)
 
-        migration.rollback(fake_cfg, "docs", log=lambda *_: None)
+        migration.rollback(fake_cfg, "docs", timeout_s=300, log=lambda *_: None)
         history.send(10)
         wait_for(lambda: offsets_reach_end(db, "docs", history), "the old table", procs)
         assert_right(db, "docs", history)
-        migration.cutover(fake_cfg, "docs", force=True, log=lambda *_: None)
+        migration.cutover(fake_cfg, "docs", force=True, timeout_s=300, log=lambda *_: None)
         wait_for(lambda: offsets_reach_end(db, shadow, history), "the shadow again", procs)
         assert_right(db, shadow, history)
         stop(live)  # the old table's stream ends with the migration
@@ -216,7 +216,7 @@ def test_migrations_of_a_stream_fed_index_under_load(fake_cfg, kafka, tmp_path):
         run_stream_of(dataclasses.replace(real, table=second), "shadow2")
         history.send(15)
         wait_for(lambda: offsets_reach_end(db, shadow, history), "the live table", procs)
-        migration.cutover(chunked, "docs", force=True, log=lambda *_: None)
+        migration.cutover(chunked, "docs", force=True, timeout_s=300, log=lambda *_: None)
         wait_for(lambda: offsets_reach_end(db, second, history), "the second shadow", procs)
         count = len(loop.served)
         wait_for(lambda: len(loop.served) > count + 3, "queries on the second model")

@@ -86,13 +86,16 @@ def resolve_alias(db, name: str) -> Target:
 
 class AliasResolver:
     """Resolves names again and again on one open handle of the aliases table (a reader
-    pins a version per request: it must not reopen the table each time)."""
+    pins a version per request: it must not reopen the table each time). ``db=None``:
+    every name is the table of that name."""
 
     def __init__(self, db):
         self.db = db
         self._aliases = None
 
     def resolve(self, name: str) -> Target:
+        if self.db is None:  # a resolver of physical names only
+            return Target(name, name)
         if self._aliases is None:
             self._aliases = open_if_exists(self.db, ALIASES_TABLE)
             if self._aliases is None:
