@@ -224,6 +224,16 @@ def test_migrations_of_a_stream_fed_index_under_load(fake_cfg, kafka, tmp_path):
         assert_right(db, second, history)
         width = store.open_chunks(db, second).schema.field("vector").type.list_size
         assert width == 384
+
+        # the operator restarts the index's stream by its name, with the new settings: it
+        # writes the table the name serves, in that table's consumer group
+        stop(procs.pop())
+        history.send(10)
+        run_stream_of(real, "docs-again")
+        wait_for(lambda: offsets_reach_end(db, second, history), "the restarted stream", procs)
+        assert_right(db, second, history)
+        groups = {r["group_id"] for r in store.read_stream_batches(db, table_name=second)}
+        assert groups == {f"freshindex-{second}"}
     finally:
         if loop is not None:
             loop.stop()
