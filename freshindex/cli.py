@@ -35,7 +35,7 @@ PLUGIN_MODULES = (
     "freshindex.commands.query",
     "freshindex.maintain",
     "freshindex.evaluation",
-    "freshindex.migration",
+    "freshindex.commands.migrate",
 )
 
 
