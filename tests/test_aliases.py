@@ -162,3 +162,27 @@ def test_alias_commands(two_tables, db_uri, capsys):
     assert main(["alias", "set", "docs", "--db", db_uri]) == 2  # no table named
     assert main(["alias", "set", "docs", "nope", "--db", db_uri]) != 0
     assert store.resolve_alias(two_tables, "docs").table == "docs__new"
+
+
+def test_the_http_api_follows_a_switch(two_tables, db_uri):
+    from fastapi.testclient import TestClient
+
+    from freshindex.query.api import create_app
+    from freshindex.query.config import load_query_config
+    from freshindex.query.service import QueryService
+    from freshindex.testing import index_config
+
+    qcfg = load_query_config(
+        overrides={"gateway.cache.enabled": False, "api.rate_limit_per_minute": 0}, environ={}
+    )
+    client = TestClient(create_app(QueryService(index_config(db_uri), qcfg, environ={})))
+
+    def served() -> set[str]:
+        body = {"query": "ducks", "mode": "vector", "k": 5}
+        response = client.post("/search", json=body)
+        assert response.status_code == 200, response.text
+        return {hit["doc_id"] for hit in response.json()["hits"]}
+
+    assert served() == {"a", "b"}
+    store.set_alias(db_uri, "docs", "docs__new")
+    assert served() == {"a", "c"}
