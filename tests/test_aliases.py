@@ -183,6 +183,14 @@ def test_the_http_api_follows_a_switch(two_tables, db_uri):
         assert response.status_code == 200, response.text
         return {hit["doc_id"] for hit in response.json()["hits"]}
 
+    def versions() -> list[int]:
+        body = client.get("/versions").json()
+        rows = body["versions"] if isinstance(body, dict) else body
+        return [row["version"] for row in rows]
+
     assert served() == {"a", "b"}
+    two_tables.open_table("docs").delete("doc_id = 'b'")  # a second version of docs
+    assert len(versions()) == 2
     store.set_alias(db_uri, "docs", "docs__new")
     assert served() == {"a", "c"}
+    assert len(versions()) == 1  # the versions readers of the name can pin now
