@@ -209,6 +209,7 @@ def start(
     started = time.perf_counter()
     shadow_cfg = dataclasses.replace(cfg, table=new)
     try:
+        _create_shadow(db, shadow_cfg, old)
         if topics:
             from freshindex.pipelines.stream import run_stream, stream_config
 
@@ -238,6 +239,20 @@ def start(
         chunks_embedded=int(row.get("chunks_embedded") or 0),
         note=f"built: run {row['run_id']}, version {row['table_version']}",
     )
+
+
+def _create_shadow(db, cfg: Config, live: str) -> None:
+    """Create the shadow table, recording the live table as the source of vectors its
+    writers may reuse where text and model match (``store.reuse_source``)."""
+    from freshindex.embedding import get_embedder
+    from freshindex.pipelines.batch import run_settings
+
+    settings = {**run_settings(cfg), "reuse_vectors_from": live}
+    dim = get_embedder(cfg.embedding).dim
+    with store.commit_lock(cfg.db, cfg.table, cfg.commit):
+        store.open_or_create_chunks(
+            db, cfg.table, dim=dim, model=cfg.embedding.model, settings=settings
+        )
 
 
 def table_config(db, table: str, cfg: Config) -> Config:

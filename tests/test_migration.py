@@ -111,6 +111,22 @@ def test_the_shadow_records_its_own_model_and_readers_follow_it(fake_cfg, corpus
 
 
 @pytest.mark.slow  # runs the batch pipeline (seconds)
+def test_the_shadow_reuses_the_live_vectors_where_text_and_model_match(fake_cfg, corpus):
+    run_ingest(fake_cfg, str(corpus), [])
+    new_cfg = dataclasses.replace(
+        fake_cfg, chunking=dataclasses.replace(fake_cfg.chunking, overlap_tokens=4)
+    )
+    state = migration.start(new_cfg, "docs", log=lambda *_: None)
+    db = store.connect(fake_cfg.db)
+    (run,) = [r for r in store.read_runs(db, state["new_table"]) if r["kind"] == "batch"]
+    shadow = store.open_chunks(db, state["new_table"])
+    assert store.reuse_source(shadow) == "docs"
+    # documents that fit in one window chunk alike: their vectors are the live table's
+    assert run["chunks_reused"] > 0 and state["chunks_embedded"] < shadow.count_rows()
+    assert run["chunks_reused"] + run["chunks_embedded"] == shadow.count_rows()
+
+
+@pytest.mark.slow  # runs the batch pipeline (seconds)
 def test_a_model_not_available_offline_fails_at_start(fake_cfg, corpus):
     run_ingest(fake_cfg, str(corpus), [])
     bad = load_config(

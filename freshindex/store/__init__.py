@@ -26,6 +26,7 @@ from freshindex.store.aliases import (
     list_aliases,
     recorded_fingerprint,
     resolve_alias,
+    reuse_source,
     set_alias,
     writer_table,
 )
@@ -146,6 +147,7 @@ __all__ = [
     "remove_stale_staging",
     "resolve_alias",
     "resolve_version",
+    "reuse_source",
     "run_lock",
     "set_alias",
     "staging_dir",

@@ -113,6 +113,16 @@ def recorded_fingerprint(table) -> str | None:
         return None
 
 
+def reuse_source(table) -> str | None:
+    """The table whose vectors ``table``'s writers may reuse where text and model match
+    (recorded in its settings as ``reuse_vectors_from`` by ``freshindex migrate start``)."""
+    try:
+        settings = json.loads(table_metadata(table.schema).get("settings") or "{}")
+    except ValueError:
+        return None
+    return settings.get("reuse_vectors_from") or None
+
+
 def writer_table(db, name: str, fingerprint: str) -> str:
     """The table a writer (a batch run, a stream process) named ``name`` writes: the alias's
     target. Resolved once, when the writer starts: its settings belong to one table, so a
