@@ -40,6 +40,7 @@ PLUGIN_MODULES = (
     "freshindex.maintain",
     "freshindex.evaluation",
     "freshindex.commands.lineage",
+    "freshindex.commands.migrate",
 )
 
 

@@ -14,6 +14,7 @@ ones.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -162,12 +163,15 @@ def run_ingest(
     *,
     allow_mass_delete: bool = False,
     retry_failed: bool = False,
+    physical: bool = False,
 ) -> dict[str, Any]:
     """Run one batch ingest to completion and return its manifest row (see ``runs`` table).
 
     ``allow_mass_delete`` lets a ``sync: full`` run delete more than
     ``ingest.max_delete_fraction`` of the source's documents; ``retry_failed`` re-parses
-    documents remembered as permanently bad.
+    documents remembered as permanently bad. ``cfg.table`` may be an alias: the run writes
+    the table it names now (``store.writer_table``); ``physical`` writes the table of that
+    name itself (a migration catching up a table that no alias serves).
 
     The whole run holds the table's run lock (``store.run_lock``): when another batch run
     holds it, ``ingest.if_running`` decides: ``skip`` raises ``RunSkipped`` (exit status 75),
@@ -176,6 +180,9 @@ def run_ingest(
     run is still changing.
     """
     prepare_offline()
+    if not physical:
+        table = store.writer_table(store.connect(cfg.db), cfg.table, cfg.fingerprint())
+        cfg = cfg if table == cfg.table else dataclasses.replace(cfg, table=table)
     spec = resolve_source(source, cfg.ingest.namespace)
     run_id = run_id or new_run_id()
     tracing.configure(cfg.observability)

@@ -65,6 +65,7 @@ def diff_versions(
     ``from_ref`` to ``to_ref`` (each a version number, tag or run id), with chunk counts.
     With ``access`` (a caller), the diff of what that caller may read at each version, as
     an as-of search shows it: by the labels at that version and the current ones."""
+    table_name = store.resolve_alias(db, table_name).table  # an index name: its table now
     table = store.open_chunks(db, table_name)
     denied = denied_now(table, access) if access is not None else set()
     before_side = _side(table, from_ref)
@@ -140,6 +141,7 @@ def explain_document(
     it changed (added, updated, deleted) with the run behind that version, and its errors.
     With ``access`` (a caller other than admin), only a document the caller may read now:
     any other is reported as not found, as a missing one is."""
+    table_name = store.resolve_alias(db, table_name).table  # an index name: its table now
     table = store.open_chunks(db, table_name)
     if access is not None and not access.is_admin:
         readable, _ = readable_docs(table, access)

@@ -97,6 +97,10 @@ class PinnedTable:
         meta = table_metadata(table.schema)
         base = embedding or EmbeddingConfig()
         self.model = meta.get("embedding_model") or base.model
+        if embedder is not None and getattr(embedder, "model_name", self.model) != self.model:
+            # a reader's embedder for another table (an alias switched to a table of another
+            # model): queries must be embedded with this table's recorded model
+            embedder = None
         if embedder is None and base.model != self.model:
             log.info("table %s holds %s vectors; queries use it", self.name, self.model)
         self._embedding = replace(base, model=self.model)

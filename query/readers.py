@@ -44,14 +44,23 @@ class IndexReader:
         config: RetrievalConfig | None = None,
         embedding: EmbeddingConfig | None = None,
         embedder=None,
+        aliases: bool = True,
     ):
         self.db = db
         self.table_name = table_name
         self.config = config or RetrievalConfig()
         self.embedding = embedding
         self._embedder = embedder
-        self._head = store.open_chunks(db, table_name)
-        self._pinned: collections.OrderedDict[int, PinnedTable] = collections.OrderedDict()
+        # ``table_name`` is the name readers use: an alias (``store.aliases``) or a table;
+        # it is resolved again at every pin, so a switch is seen by the next request.
+        # ``aliases=False`` reads the table of that name itself (a migration comparing two
+        # physical tables)
+        self._aliases = store.AliasResolver(db if aliases else None)
+        self._target = self._aliases.resolve(table_name)
+        self._head = store.open_chunks(db, self._target.table)
+        self._pinned: collections.OrderedDict[tuple[str, int], PinnedTable] = (
+            collections.OrderedDict()
+        )
         self._fts_pool = FtsPool()
         self._lock = threading.Lock()
 
@@ -75,25 +84,48 @@ class IndexReader:
     @property
     def cached_versions(self) -> list[int]:
         with self._lock:
-            return list(self._pinned)
+            return [version for _, version in self._pinned]
+
+    @property
+    def physical_table(self) -> str:
+        """The table the name resolved to at the last pin."""
+        with self._lock:
+            return self._target.table
+
+    def _resolve(self, as_of: str | int | None) -> tuple[str, int]:
+        """(physical table, version) that ``as_of`` names now: the alias is read first, so
+        a switch takes effect at the next pin, in one step."""
+        with self._lock:
+            target = self._aliases.resolve(self.table_name)
+            if target.table != self._head.name:
+                self._head = store.open_chunks(self.db, target.table)
+            self._target = target
+            if as_of is None or as_of == "":
+                if target.version is not None:
+                    return target.table, int(target.version)
+                self._head.checkout_latest()
+                return target.table, int(self._head.version)
+            return target.table, store.resolve_version(self._head, as_of)
 
     def resolve(self, as_of: str | int | None = None) -> int:
-        with self._lock:
-            if as_of is None or as_of == "":
-                self._head.checkout_latest()
-                return int(self._head.version)
-            return store.resolve_version(self._head, as_of)
+        return self._resolve(as_of)[1]
 
     def pinned(self, as_of: str | int | None = None) -> PinnedTable:
-        version = self.resolve(as_of)
+        key = self._resolve(as_of)
+        physical, version = key
         with self._lock:
-            found = self._pinned.get(version)
+            found = self._pinned.get(key)
             if found is not None:
-                self._pinned.move_to_end(version)
+                self._pinned.move_to_end(key)
                 return found
-            # the newest version pinned so far: a new version's memory index starts from it
-            previous = max(self._pinned.values(), key=lambda p: p.version, default=None)
-        table = self.db.open_table(self.table_name)
+            # the newest version of this table pinned so far: a new version's memory index
+            # starts from it
+            previous = max(
+                (p for (name, _), p in self._pinned.items() if name == physical),
+                key=lambda p: p.version,
+                default=None,
+            )
+        table = self.db.open_table(physical)
         table.checkout(version)
         pinned = PinnedTable(
             table,
@@ -101,12 +133,12 @@ class IndexReader:
             config=self.config,
             embedding=self.embedding,
             embedder=self._embedder,
-            read_ann_params=functools.partial(ann_search_params, self.db, self.table_name),
+            read_ann_params=functools.partial(ann_search_params, self.db, physical),
             previous=previous,
             fts_pool=self._fts_pool,
         )
         with self._lock:  # the embedder is shared: get_embedder caches one per model
-            pinned = self._pinned.setdefault(version, pinned)
+            pinned = self._pinned.setdefault(key, pinned)
             while len(self._pinned) > self.config.cached_versions:
                 self._pinned.popitem(last=False)
         return pinned

@@ -8,6 +8,7 @@ shape, index coverage and disk use, each threshold of ``observability`` checked.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -43,11 +44,13 @@ def _check(name: str, value: float | None, limit: float, unit: str) -> dict[str,
 
 
 def status_report(cfg: Config, *, now: dt.datetime | None = None) -> dict[str, Any]:
-    """The health of ``cfg.table``; ``ok`` is False when any ``checks`` entry is over its
-    ``observability`` threshold (or the table does not exist)."""
+    """The health of ``cfg.table`` (the table it names now, when it is an alias); ``ok`` is
+    False when any ``checks`` entry is over its ``observability`` threshold (or the table
+    does not exist)."""
     now = now or store.utcnow()
     limits = cfg.observability
     db = store.connect(cfg.db)
+    cfg = dataclasses.replace(cfg, table=store.resolve_alias(db, cfg.table).table)
     runs = store.read_runs(db, cfg.table)
     day_ago = now - dt.timedelta(hours=24)
     errors = store.read_errors(db, table_name=cfg.table, since=day_ago)

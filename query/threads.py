@@ -21,7 +21,9 @@ def one_torch_thread(active: bool):
     ~10 tokens and their spin-waits cost a lot on a busy 2-core machine. Batches keep
     torch's own setting."""
     torch = sys.modules.get("torch") if active else None  # never import torch for this
-    if torch is None:
+    if torch is None or getattr(torch.__spec__, "_initializing", False):
+        # another thread is importing torch (loading a model, e.g. for a table an alias
+        # now names): its module is in sys.modules half-built; leave its threads alone
         yield
         return
     before = torch.get_num_threads()

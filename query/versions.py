@@ -12,7 +12,9 @@ from freshindex import store
 
 
 def version_rows(db, table_name: str) -> list[dict[str, Any]]:
-    """Every version of the table with its tags and the run that produced it."""
+    """Every version of the table with its tags and the run that produced it (the table an
+    alias names now, when ``table_name`` is one: the versions its readers can pin)."""
+    table_name = store.resolve_alias(db, table_name).table
     table = store.open_chunks(db, table_name)
     tags_by_version: dict[int, list[str]] = {}
     for tag, info in table.tags.list().items():

@@ -14,19 +14,35 @@ from freshindex.transforms.plan import TableRef
 
 
 class VectorReuse:
-    """Looks up stored vectors by text hash in the table version a run started from."""
+    """Looks up stored vectors by text hash in the table version a run started from, then in
+    the table it records as its vectors' other source (a migration's shadow names the live
+    table: ``store.reuse_source``), for the same model."""
 
     def __init__(self, ref: TableRef | None, model: str):
-        self._ref, self._model, self._table = ref, model, None
+        self._ref, self._model, self._tables = ref, model, None
+
+    def _open(self) -> list:
+        db = store.connect(self._ref.db_uri)
+        table = store.open_chunks(db, self._ref.table)
+        table.checkout(self._ref.version)
+        tables = [table]
+        source = store.reuse_source(table)
+        if source is not None and source in store.table_names(db):
+            tables.append(store.open_chunks(db, source))
+        return tables
 
     def lookup(self, text_hashes: list[str]) -> dict[str, np.ndarray]:
         if self._ref is None or self._ref.version is None:
             return {}
-        if self._table is None:
-            table = store.open_chunks(store.connect(self._ref.db_uri), self._ref.table)
-            table.checkout(self._ref.version)
-            self._table = table
-        return store.lookup_vectors(self._table, text_hashes, self._model)
+        if self._tables is None:
+            self._tables = self._open()
+        found: dict[str, np.ndarray] = {}
+        for table in self._tables:
+            missing = [h for h in text_hashes if h not in found]
+            if not missing:
+                break
+            found.update(store.lookup_vectors(table, missing, self._model))
+        return found
 
 
 def embed_documents(

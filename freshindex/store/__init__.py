@@ -13,10 +13,23 @@ One module per concern; the names callers use are re-exported here, so
 * ``indexes``: scalar and full-text indexes
 * ``versions``: tags, version references, as-of reads
 * ``bookkeeping``: ``runs``, ``errors``, ``stream_batches``, ``ann_state``
+* ``aliases``: index names readers use -> physical tables (``aliases`` table)
 * ``staging``: the batch runs' staging folders
 * ``upkeep`` (with ``retention`` and ``ann``): table upkeep, imported on its own
 """
 
+from freshindex.store.aliases import (
+    ALIASES_TABLE,
+    AliasResolver,
+    Target,
+    alias_history,
+    list_aliases,
+    recorded_fingerprint,
+    resolve_alias,
+    reuse_source,
+    set_alias,
+    writer_table,
+)
 from freshindex.store.bookkeeping import (
     ann_search_params,
     append_errors,
@@ -78,10 +91,12 @@ from freshindex.store.verify import CommitCheckFailed, verify_commit
 from freshindex.store.versions import RUN_TAG_PREFIX, open_as_of, resolve_version, tag_version
 
 __all__ = [
+    "ALIASES_TABLE",
     "FTS_COLUMN",
     "FTS_REFRESH_FRACTION",
     "FTS_REFRESH_MIN_ROWS",
     "RUN_TAG_PREFIX",
+    "AliasResolver",
     "CommitCheckFailed",
     "CommitLease",
     "CommitNotCoordinated",
@@ -90,7 +105,9 @@ __all__ = [
     "LedgerEntry",
     "RunInProgress",
     "RunSkipped",
+    "Target",
     "UpgradeReport",
+    "alias_history",
     "ann_search_params",
     "append_errors",
     "append_records",
@@ -112,6 +129,7 @@ __all__ = [
     "iter_ledger",
     "last_ann_state",
     "ledger_of",
+    "list_aliases",
     "lookup_vectors",
     "open_as_of",
     "open_chunks",
@@ -125,11 +143,15 @@ __all__ = [
     "read_stream_batches",
     "read_stream_offsets",
     "record_ann_state",
+    "recorded_fingerprint",
     "refresh_fts_index",
     "relabel",
     "remove_stale_staging",
+    "resolve_alias",
     "resolve_version",
+    "reuse_source",
     "run_lock",
+    "set_alias",
     "staging_dir",
     "staging_root",
     "table_names",
@@ -138,4 +160,5 @@ __all__ = [
     "upgrade_chunks",
     "utcnow",
     "verify_commit",
+    "writer_table",
 ]

@@ -314,8 +314,17 @@ def run_stream(
     return its manifest row (``runs`` table, kind ``stream``)."""
     prepare_offline()
     reset_stop()
-    current_version(cfg.db, cfg.table, cfg.embedding.model)  # refuses a model mismatch now
     db = store.connect(cfg.db)
+    # an alias names the table to write once, at start (store.writer_table); the default
+    # consumer group is the table's, so a stream of a migrated index resumes from the
+    # offsets of the table it writes, not from those of the one the name served before
+    table = store.writer_table(db, cfg.table, cfg.fingerprint())
+    if table != cfg.table:
+        if stream.kafka.group_id == cfg.stream.group_id_for(cfg.table):
+            kafka = dataclasses.replace(stream.kafka, group_id=cfg.stream.group_id_for(table))
+            stream = dataclasses.replace(stream, kafka=kafka)
+        cfg = dataclasses.replace(cfg, table=table)
+    current_version(cfg.db, cfg.table, cfg.embedding.model)  # refuses a model mismatch now
     if stream.dead_letter_topic:  # a missing one would block the first bad message
         offsets = KafkaOffsets(stream.kafka)
         try:

@@ -117,6 +117,10 @@ def console_router(
     def db():
         return service.reader.db
 
+    def table_name() -> str:
+        """The table the served index name reads now (an alias's target)."""
+        return store.resolve_alias(db(), service.cfg.table).table
+
     @router.get("/static/console.css")
     def stylesheet() -> Response:
         return Response((HERE / "static" / "console.css").read_text(), media_type="text/css")
@@ -127,7 +131,7 @@ def console_router(
         report = status_report(service.cfg)
         batches = store.read_stream_batches(
             db(),
-            table_name=service.cfg.table,
+            table_name=table_name(),
             columns=["lag", "freshness_ms", "duration_ms"],
         )[-MAX_CHART_POINTS:]
         freshness = [
@@ -136,7 +140,7 @@ def console_router(
             if b["freshness_ms"]
         ]
         lag = [(b["committed_at"].timestamp(), float(b["lag"] or 0)) for b in batches]
-        runs = list(reversed(store.read_runs(db(), service.cfg.table)))[:50]
+        runs = list(reversed(store.read_runs(db(), table_name())))[:50]
         longest = max(
             (
                 (r["finished_at"] - r["started_at"]).total_seconds()
@@ -181,11 +185,11 @@ def console_router(
 
     @router.get("/errors", response_class=HTMLResponse)
     def errors(request: Request, run: str = "", stage: str = "", error_class: str = ""):
-        rows = store.read_errors(db(), table_name=service.cfg.table, run_id=run or None)
+        rows = store.read_errors(db(), table_name=table_name(), run_id=run or None)
         access = caller(request)
         readable = None
         if not access.is_admin:  # errors of documents the caller may read, and none other
-            readable, _ = readable_docs(store.open_chunks(db(), service.cfg.table), access)
+            readable, _ = readable_docs(store.open_chunks(db(), table_name()), access)
         rows = [
             r
             for r in rows
