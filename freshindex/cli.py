@@ -33,6 +33,7 @@ from freshindex.schemas.bookkeeping import RunRecord, new_run_id
 PLUGIN_MODULES = (
     "freshindex.commands.stream",
     "freshindex.commands.query",
+    "freshindex.commands.model",
     "freshindex.maintain",
     "freshindex.evaluation",
 )
