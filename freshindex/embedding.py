@@ -43,6 +43,7 @@ class Embedder(Protocol):
     model_name: str
     dim: int
     max_tokens: int
+    backend: str  # the resolved encoder backend, e.g. "onnx-int8" (resolve_backend)
 
     def encode(self, texts: list[str]) -> np.ndarray: ...
 

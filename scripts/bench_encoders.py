@@ -15,6 +15,13 @@ mixed: the tables that ``freshindex eval`` built for two backends hold the same 
 from the other backend, and SciFact test nDCG@10 (vector, hybrid) is compared with the
 base table's. Answers whether one table may hold vectors of two backends.
 
+gate: writes freshindex/encoders/gate.json (what ``auto`` reads) from the eval results of
+each backend (``freshindex eval ... --out X.json`` run with FRESHINDEX_EMBEDDING__BACKEND),
+the speed results, and the cosine checks stored in the cache:
+
+    scripts/bench_encoders.py gate --eval torch-float32=t.json --eval onnx-int8=i.json \
+        --speed bench_encoders_speed.json --cache-dir DIR
+
 Results: --out JSON; docs/BENCHMARKS.md and docs/ENCODERS.md quote them.
 """
 
@@ -153,6 +160,66 @@ def mixed(args) -> dict:
     return out
 
 
+def write_gate(args) -> dict:
+    from freshindex.encoders.gate import BACKEND_LABELS, BASELINE, COMMITTED_GATE
+
+    tolerance = 0.005
+    ndcg = {}
+    for pair in args.eval:
+        label, path = pair.split("=", 1)
+        result = json.loads(Path(path).read_text())
+        ndcg[label] = {
+            mode: round(result["modes"][mode]["mean"]["ndcg@10"], 4)
+            for mode in ("vector", "hybrid")
+        }
+        if label == BASELINE:
+            ndcg_source = {"date": result["date"], "table": result["table"]}
+    speed_ratio = {}
+    if args.speed:
+        for label, figures in json.loads(Path(args.speed).read_text())["median"].items():
+            speed_ratio[label] = round(figures["docs_ratio"], 2)
+    cosine = {}
+    gate_dir = Path(args.cache_dir) / "all-MiniLM-L6-v2" / "gate"
+    for path in sorted(gate_dir.glob("*.json")):
+        record = json.loads(path.read_text())
+        cosine[record["label"]] = record["cosine_mean"]
+    base = ndcg[BASELINE]
+    documented = {}
+    for pair in args.documented or []:  # LABEL=VECTOR_DELTA,HYBRID_DELTA measured elsewhere
+        label, deltas = pair.split("=", 1)
+        vector, hybrid = (float(d) for d in deltas.split(","))
+        documented[label] = {"vector": vector, "hybrid": hybrid}
+    backends = {}
+    for label in BACKEND_LABELS:
+        entry: dict = {"ndcg@10": ndcg.get(label), "speed_ratio": speed_ratio.get(label, 0.0)}
+        if label in cosine:
+            entry["cosine_mean"] = cosine[label]
+        if label in ndcg:
+            entry["delta"] = {m: round(ndcg[label][m] - base[m], 4) for m in base}
+        elif label in documented:
+            entry["delta"] = documented[label]
+            entry["source"] = "docs/BENCHMARKS.md (float32 and this backend, one earlier run)"
+        if "delta" in entry:
+            within = all(abs(d) <= tolerance for d in entry["delta"].values())
+            entry["passed"] = within and entry.get("cosine_mean", 1.0) >= 0.99
+        else:
+            entry["passed"] = False
+            entry["note"] = "retrieval not measured: not selectable by auto"
+        backends[label] = entry
+    gate = {
+        "model": "all-MiniLM-L6-v2",
+        "dataset": "SciFact test (BEIR), 300 queries; nDCG@10 of vector and hybrid search",
+        "tolerance": tolerance,
+        "baseline": BASELINE,
+        "baseline_run": ndcg_source,
+        "commands": "docs/ENCODERS.md",
+        "backends": backends,
+    }
+    COMMITTED_GATE.write_text(json.dumps(gate, indent=1) + "\n")
+    print(json.dumps(gate, indent=1))
+    return gate
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,11 +234,17 @@ def main(argv=None) -> int:
     p.add_argument("--base", default="torch_float32")
     p.add_argument("--other", default="onnx-int8")
     p.add_argument("--out", default="bench_encoders_mixed.json")
+    p = sub.add_parser("gate")
+    p.add_argument("--eval", action="append", required=True, metavar="LABEL=RESULT.json")
+    p.add_argument("--documented", action="append", metavar="LABEL=DVECTOR,DHYBRID")
+    p.add_argument("--speed")
+    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--out", default="bench_encoders_gate.json")
     args = parser.parse_args(argv)
     from freshindex.runtime import prepare_offline
 
     prepare_offline()
-    result = speed(args) if args.command == "speed" else mixed(args)
+    result = {"speed": speed, "mixed": mixed, "gate": write_gate}[args.command](args)
     result["machine"] = {
         "host": platform.node(),
         "cpu": platform.processor() or platform.machine(),
