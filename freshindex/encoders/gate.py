@@ -91,7 +91,9 @@ def committed_gate(path: str | Path = COMMITTED_GATE) -> dict[str, Any]:
 def retrieval_passed(label: str, gate: dict[str, Any]) -> bool | None:
     """True/False as measured for the bundled model; None where not measured."""
     entry = gate.get("backends", {}).get(label)
-    return None if entry is None else bool(entry.get("passed"))
+    if entry is None or entry.get("delta") is None:
+        return None
+    return bool(entry.get("passed"))
 
 
 def auto_order(gate: dict[str, Any], bf16_capable: bool) -> list[str]:
