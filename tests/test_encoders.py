@@ -277,8 +277,14 @@ def test_committed_gate_is_consistent():
     assert set(backends) <= set(BACKEND_LABELS) and BASELINE in backends
     base = backends[BASELINE]["ndcg@10"]
     for label, entry in backends.items():
-        if entry.get("ndcg@10") is None:
+        if entry.get("ndcg@10") is not None:
+            measured = {mode: entry["ndcg@10"][mode] - base[mode] for mode in base}
+            assert entry["delta"] == pytest.approx(measured, abs=2e-4), label
+        if entry.get("delta") is None:
             assert not entry.get("passed"), f"{label}: passed without a measurement"
             continue
-        within = all(abs(entry["ndcg@10"][mode] - base[mode]) <= gate["tolerance"] for mode in base)
+        within = all(abs(d) <= gate["tolerance"] for d in entry["delta"].values())
         assert bool(entry["passed"]) == (within and entry.get("cosine_mean", 1.0) >= 0.99), label
+    # what auto takes first on a CPU with bfloat16, and without
+    assert auto_order(gate, bf16_capable=True)[0] == "openvino-bfloat16"
+    assert "onnx-int8" not in auto_order(gate, bf16_capable=True)
