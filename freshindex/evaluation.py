@@ -159,11 +159,14 @@ def evaluate(
     return out
 
 
-def table_retriever(db_uri: str, table: str, as_of, *, chunk_k: int, **options) -> Retriever:
-    """Retrieval through the query layer, pinned to one version for every query."""
+def table_retriever(
+    db_uri: str, table: str, as_of, *, chunk_k: int, embedding=None, **options
+) -> Retriever:
+    """Retrieval through the query layer, pinned to one version for every query; queries
+    are embedded with ``embedding`` (the run's settings: its backend and precision)."""
     from freshindex.query.retrieval import IndexReader, retrieve_batch
 
-    reader = IndexReader.open(db_uri, table)
+    reader = IndexReader.open(db_uri, table, embedding=embedding)
     pinned = reader.pinned(as_of)
 
     def run(queries: list[str], mode: str):
@@ -200,7 +203,12 @@ def run_eval(
             f"{ingest_row['table_version']}"
         )
     retriever = table_retriever(
-        cfg.db, cfg.table, as_of, chunk_k=chunk_k, **(retrieval_options or {})
+        cfg.db,
+        cfg.table,
+        as_of,
+        chunk_k=chunk_k,
+        embedding=cfg.embedding,
+        **(retrieval_options or {}),
     )
     log(
         f"evaluating {len(dataset.queries)} {split} queries on {cfg.table} version "

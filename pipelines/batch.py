@@ -26,7 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from freshindex import store
 from freshindex.config import Config
-from freshindex.embedding import resolve_dtype
+from freshindex.embedding import resolve_backend, resolve_dtype
 from freshindex.observability import tracing
 from freshindex.pipelines.observe import report_run
 from freshindex.pipelines.options import FreshIndexOptions
@@ -74,6 +74,8 @@ def run_settings(cfg: Config) -> dict[str, Any]:
         "embedding": cfg.to_dict()["embedding"],
         # what ``embedding.dtype: auto`` meant on the machine that started the run
         "embedding_dtype_resolved": resolve_dtype(cfg.embedding.dtype, cfg.embedding.device),
+        # and what ``embedding.backend: auto`` meant there (docs/ENCODERS.md)
+        "embedding_backend_resolved": resolve_backend(cfg.embedding),
         "chunking": cfg.to_dict()["chunking"],
         "parsing": cfg.to_dict()["parsing"],
         "sync": cfg.ingest.sync,
