@@ -42,7 +42,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "scifact"
+# beside the checkout (../shared), or the shared folder of a worktree's machine
+DEFAULT_DATA = next(
+    (
+        d
+        for d in (ROOT.parent / "shared" / "data" / "scifact", Path("/work/shared/data/scifact"))
+        if d.exists()
+    ),
+    ROOT.parent / "shared" / "data" / "scifact",
+)
 PEERS = ("langchain", "llamaindex")
 SEARCH_K = 100  # chunks retrieved per query (more than 10 documents even at 1-3 chunks each)
 

@@ -232,3 +232,22 @@ def test_identical_id_left_out_of_the_document_ranking():
     hits = [H("q"), H("a"), H("q", 1), H("b")]
     assert documents_from_hits(hits, ignore_id="q") == ["a", "b"]
     assert documents_from_hits(hits) == ["q", "a", "b"]
+
+
+def test_the_mteb_check_reads_the_figure_the_benchmarks_document_gives():
+    """scripts/check_mteb.py compares a recomputation with this figure: it must be there
+    and be the one the retrieval table quotes."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("check_mteb", root / "scripts/check_mteb.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    figure = check.documented_figure()
+    table_row = next(
+        line
+        for line in (root / "docs" / "BENCHMARKS.md").read_text().splitlines()
+        if line.startswith("| vector, MTEB protocol (first chunk")
+    )
+    assert f"**{figure:.4f}**" in table_row
