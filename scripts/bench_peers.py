@@ -7,7 +7,7 @@ the abstract) are ingested from a folder into LanceDB with all-MiniLM-L6-v2 on C
   (``dtype=float32``, ``backend=onnx-int8``...: a setting of the ``embedding`` section);
 - LangChain: ``DirectoryLoader`` + ``RecursiveCharacterTextSplitter`` (defaults) +
   ``HuggingFaceEmbeddings`` + ``index()`` with an incremental ``SQLRecordManager`` into
-  LanceDB;
+  LanceDB (``mode="append"``: the store's default overwrites the table on every batch);
 - LlamaIndex: ``SimpleDirectoryReader`` + ``IngestionPipeline`` (``SentenceSplitter``
   defaults, ``HuggingFaceEmbedding``) with a ``SimpleDocumentStore`` into
   ``LanceDBVectorStore``.
@@ -165,7 +165,11 @@ def run_langchain(files: Path, work: Path) -> dict:
 
     started = time.perf_counter()
     embeddings = HuggingFaceEmbeddings(model_name=model_path(), model_kwargs={"device": "cpu"})
-    store = LanceDB(uri=str(work / "lancedb"), embedding=embeddings, table_name="peers")
+    # mode "append": the store's default, "overwrite", replaces the table on every add()
+    # call, and index() adds in batches of 100, so only the last batch would remain
+    store = LanceDB(
+        uri=str(work / "lancedb"), embedding=embeddings, table_name="peers", mode="append"
+    )
     manager = SQLRecordManager("lancedb/peers", db_url=f"sqlite:///{work / 'records.sqlite'}")
     manager.create_schema()
     docs = DirectoryLoader(str(files), glob="*.txt", loader_cls=TextLoader).load()
