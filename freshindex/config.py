@@ -199,6 +199,11 @@ class IngestConfig:
         0.25, description="exit non-zero when more documents than this fail"
     )
     docs_per_batch: Int = Field(64, description="documents grouped for one embedding call sequence")
+    embed_overlap: Bool = Field(
+        True,
+        description="encode a batch on a background thread while the next one is parsed and "
+        "chunked (both cores busy; docs/BENCHMARKS.md)",
+    )
     commit_max_rows: Int = Field(
         100_000, description="rows per LanceDB commit (a document is never split)"
     )

@@ -108,16 +108,24 @@ def score_query(ranking: Sequence[str], judged: dict[str, int]) -> dict[str, flo
     }
 
 
-def documents_from_hits(hits, first_chunk_only: bool = False) -> list[str]:
+def documents_from_hits(
+    hits, first_chunk_only: bool = False, ignore_id: str | None = None
+) -> list[str]:
     """Chunk hits (best first) -> document ranking: each document at its best chunk's rank.
 
     ``first_chunk_only`` represents a document by its first chunk alone (title and the
     opening ~250 word-pieces), which is what a model that truncates whole documents at its
     window sees: the protocol of MTEB's published numbers.
+
+    ``ignore_id``: a document id left out of the ranking, the query's own id under BEIR's
+    ``ignore_identical_ids`` (on datasets whose queries are corpus documents, each query
+    would otherwise find itself first).
     """
     seen: dict[str, None] = {}
     for hit in hits:
         if first_chunk_only and getattr(hit, "chunk_index", 0) not in (0, None):
+            continue
+        if ignore_id is not None and hit.doc_id == ignore_id:
             continue
         seen.setdefault(hit.doc_id, None)
     return list(seen)
@@ -138,8 +146,12 @@ def evaluate(
     modes: Sequence[str],
     log=print,
     first_chunk_only: bool = False,
+    ignore_identical_ids: bool = True,
 ) -> dict[str, Any]:
-    """Per-mode mean and per-query scores; ``retrieve(queries, mode)`` returns hit lists."""
+    """Per-mode mean and per-query scores; ``retrieve(queries, mode)`` returns hit lists.
+
+    ``ignore_identical_ids`` (BEIR's default): a retrieved document whose id is the
+    query's id is not ranked."""
     qids = sorted(dataset.queries)
     texts = [dataset.queries[q] for q in qids]
     out: dict[str, Any] = {}
@@ -147,7 +159,12 @@ def evaluate(
         started = time.perf_counter()
         results = retrieve(texts, mode)
         per_query = {
-            qid: score_query(documents_from_hits(hits, first_chunk_only), dataset.qrels[qid])
+            qid: score_query(
+                documents_from_hits(
+                    hits, first_chunk_only, ignore_id=qid if ignore_identical_ids else None
+                ),
+                dataset.qrels[qid],
+            )
             for qid, hits in zip(qids, results)
         }
         out[mode] = {
@@ -162,8 +179,11 @@ def evaluate(
 def table_retriever(
     db_uri: str, table: str, as_of, *, chunk_k: int, embedding=None, **options
 ) -> Retriever:
-    """Retrieval through the query layer, pinned to one version for every query; queries
-    are embedded with ``embedding`` (the run's settings: its backend and precision)."""
+    """Retrieval through the query layer, pinned to one version for every query.
+
+    ``embedding``: the settings queries are embedded with (the run's ``cfg.embedding``, so
+    queries and documents share a backend and dtype; without it the query layer's default
+    applies)."""
     from freshindex.query.retrieval import IndexReader, retrieve_batch
 
     reader = IndexReader.open(db_uri, table, embedding=embedding)
@@ -173,6 +193,7 @@ def table_retriever(
         return retrieve_batch(pinned, queries, mode=mode, k=chunk_k, **options)
 
     run.version = pinned.version  # type: ignore[attr-defined]
+    run.pinned = pinned  # type: ignore[attr-defined]
     return run
 
 
@@ -188,9 +209,12 @@ def run_eval(
     retrieval_options: dict[str, Any] | None = None,
     beam_args: list[str] | None = None,
     first_chunk_only: bool = False,
+    ignore_identical_ids: bool = True,
     log=print,
 ) -> dict[str, Any]:
-    """Ingest (incrementally) and evaluate; returns the result document written as JSON."""
+    """Ingest (incrementally) and evaluate; returns the result document written as JSON.
+
+    Queries are embedded with ``cfg.embedding`` (dtype included), as the documents were."""
     dataset = load_beir(dataset_dir, split)
     ingest_row = None
     if ingest and as_of is None:
@@ -214,7 +238,14 @@ def run_eval(
         f"evaluating {len(dataset.queries)} {split} queries on {cfg.table} version "
         f"{retriever.version}"
     )
-    scores = evaluate(dataset, retriever, modes, log=log, first_chunk_only=first_chunk_only)
+    scores = evaluate(
+        dataset,
+        retriever,
+        modes,
+        log=log,
+        first_chunk_only=first_chunk_only,
+        ignore_identical_ids=ignore_identical_ids,
+    )
     return {
         "dataset": str(dataset.folder),
         "split": split,
@@ -229,6 +260,8 @@ def run_eval(
             "chunk_k": chunk_k,
             "retrieval": retrieval_options or {},
             "document_representation": "first chunk" if first_chunk_only else "best chunk",
+            "ignore_identical_ids": ignore_identical_ids,
+            "query_dtype": cfg.embedding.dtype,
         },
         "ingest_run": ingest_row["run_id"] if ingest_row else None,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -243,7 +276,14 @@ FUSION_GRID = {
 
 
 def tune_fusion(
-    cfg, dataset_dir, *, split: str = "train", chunk_k: int = 300, grid=FUSION_GRID, log=print
+    cfg,
+    dataset_dir,
+    *,
+    split: str = "train",
+    chunk_k: int = 300,
+    grid=FUSION_GRID,
+    ignore_identical_ids: bool = True,
+    log=print,
 ) -> dict[str, Any]:
     """Grid-search hybrid fusion (rrf_k, vector weight; FTS weight 1) for nDCG@10 on ``split``.
 
@@ -253,7 +293,7 @@ def tune_fusion(
     from freshindex.query.retrieval import fuse
 
     dataset = load_beir(dataset_dir, split)
-    retriever = table_retriever(cfg.db, cfg.table, None, chunk_k=chunk_k)
+    retriever = table_retriever(cfg.db, cfg.table, None, chunk_k=chunk_k, embedding=cfg.embedding)
     qids = sorted(dataset.queries)
     texts = [dataset.queries[q] for q in qids]
     ranked = {mode: retriever(texts, mode) for mode in ("vector", "fts")}
@@ -270,7 +310,13 @@ def tune_fusion(
                     for mode in ranked
                 }
                 fused = fuse(lists, weights={"vector": weight, "fts": 1.0}, rrf_k=rrf_k)
-                docs = list(dict.fromkeys(row["doc_id"] for row, _, _ in fused))
+                docs = list(
+                    dict.fromkeys(
+                        row["doc_id"]
+                        for row, _, _ in fused
+                        if not (ignore_identical_ids and row["doc_id"] == qid)
+                    )
+                )
                 per_query[qid] = score_query(docs, dataset.qrels[qid])
             mean = mean_scores(per_query)
             results.append({"rrf_k": rrf_k, "vector_weight": weight, **mean})
@@ -349,7 +395,13 @@ def cmd_eval(args, beam_args) -> int:
             from freshindex.pipelines.batch import run_ingest
 
             run_ingest(cfg, str(load_beir(args.dataset, args.tune_on).corpus), beam_args)
-        tuning = tune_fusion(cfg, args.dataset, split=args.tune_on, chunk_k=args.chunk_k)
+        tuning = tune_fusion(
+            cfg,
+            args.dataset,
+            split=args.tune_on,
+            chunk_k=args.chunk_k,
+            ignore_identical_ids=not args.keep_identical_ids,
+        )
         options.update(tuning["options"])
     if args.rrf_k is not None:
         options["rrf_k"] = args.rrf_k
@@ -362,6 +414,7 @@ def cmd_eval(args, beam_args) -> int:
         retrieval_options=options,
         beam_args=beam_args,
         first_chunk_only=args.first_chunk_only,
+        ignore_identical_ids=not args.keep_identical_ids,
     )
     result = run_eval(cfg, args.dataset, as_of=args.as_of, ingest=not args.no_ingest, **common)
     if tuning:
@@ -421,6 +474,11 @@ def register_cli(subparsers) -> None:
         "--first-chunk-only",
         action="store_true",
         help="represent a document by its first chunk (MTEB's truncation protocol)",
+    )
+    p.add_argument(
+        "--keep-identical-ids",
+        action="store_true",
+        help="rank a retrieved document whose id is the query's id (BEIR ignores it by default)",
     )
     p.add_argument("--out", help="result JSON path")
     p.add_argument("--compare-to", help="an earlier result JSON")

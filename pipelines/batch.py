@@ -114,7 +114,7 @@ def build_ingest(
     )
     chunked = parsed.docs | "Chunk" >> ChunkDocuments(cfg.chunking, cfg.embedding)
     embedded = chunked.chunked | "Embed" >> Embed(
-        cfg.embedding, run.table, cfg.ingest.docs_per_batch
+        cfg.embedding, run.table, cfg.ingest.docs_per_batch, overlap=cfg.ingest.embed_overlap
     )
     errors = (
         read_errors,

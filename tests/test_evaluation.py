@@ -159,3 +159,95 @@ def test_gate_promotes_only_without_regressions(fake_cfg, beir, tmp_path, capsys
     old = json.loads((tmp_path / "a.json").read_text())
     ok, drops = gate(new, old, 0.005)
     assert not ok and ("fts", "recall@10", pytest.approx(-0.25)) in drops
+
+
+# Duplicate-question style: every query is itself a corpus document, judged against another.
+SELF_DOCS = {
+    "d1": "How do I reverse a list in Python quickly",
+    "d2": "Reversing a Python list: use slicing with a negative step",
+    "d3": "How do I sort a dictionary by value in Python",
+    "d4": "Sorting a Python dict by its values with sorted and a key",
+}
+SELF_QRELS = {"d1": "d2", "d3": "d4"}
+
+
+@pytest.fixture
+def self_retrieval_beir(tmp_path):
+    folder = tmp_path / "dupes"
+    (folder / "qrels").mkdir(parents=True)
+    with (folder / "corpus.jsonl").open("w") as f:
+        for doc_id, text in SELF_DOCS.items():
+            f.write(json.dumps({"_id": doc_id, "title": "", "text": text}) + "\n")
+    with (folder / "queries.jsonl").open("w") as f:
+        for qid in SELF_QRELS:
+            f.write(json.dumps({"_id": qid, "text": SELF_DOCS[qid]}) + "\n")
+    with (folder / "qrels" / "test.tsv").open("w") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for qid, doc_id in SELF_QRELS.items():
+            f.write(f"{qid}\t{doc_id}\t1\n")
+    return folder
+
+
+def test_query_that_is_a_corpus_document_does_not_find_itself(
+    fake_cfg, self_retrieval_beir, tmp_path
+):
+    """One ingest; then BEIR's protocol, the flag that turns it off, and the query embedder."""
+    from dataclasses import replace
+
+    import yaml
+
+    from freshindex.evaluation import table_retriever
+
+    quiet = dict(modes=["fts"], log=lambda *_: None)
+    beir_protocol = run_eval(fake_cfg, self_retrieval_beir, **quiet)
+    kept = run_eval(
+        fake_cfg, self_retrieval_beir, ingest=False, ignore_identical_ids=False, **quiet
+    )
+    # each query's own text ranks itself first; BEIR leaves it out, so its duplicate is first
+    assert beir_protocol["modes"]["fts"]["mean"]["mrr@10"] == 1.0
+    assert kept["modes"]["fts"]["mean"]["mrr@10"] <= 0.5
+    assert beir_protocol["settings"]["ignore_identical_ids"] is True
+    assert kept["settings"]["ignore_identical_ids"] is False
+
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(fake_cfg.to_dict()))
+    args = ["eval", str(self_retrieval_beir), "--config", str(cfg_path), "--modes", "fts"]
+    args += ["--no-ingest", "--keep-identical-ids", "--out", str(tmp_path / "kept.json")]
+    assert main(args) == 0
+    from_cli = json.loads((tmp_path / "kept.json").read_text())
+    assert from_cli["modes"]["fts"]["mean"] == kept["modes"]["fts"]["mean"]
+
+    # queries are embedded with the run's embedding settings, dtype included (a float32
+    # table queried in bfloat16 is the MTEB reproduction's drift in docs/BENCHMARKS.md)
+    embedding = replace(fake_cfg.embedding, dtype="float32")
+    retrieve = table_retriever(fake_cfg.db, "docs", None, chunk_k=5, embedding=embedding)
+    assert retrieve.pinned._embedding.dtype == "float32"  # type: ignore[attr-defined]
+
+
+def test_identical_id_left_out_of_the_document_ranking():
+    class H:
+        def __init__(self, doc_id, chunk_index=0):
+            self.doc_id, self.chunk_index = doc_id, chunk_index
+
+    hits = [H("q"), H("a"), H("q", 1), H("b")]
+    assert documents_from_hits(hits, ignore_id="q") == ["a", "b"]
+    assert documents_from_hits(hits) == ["q", "a", "b"]
+
+
+def test_the_mteb_check_reads_the_figure_the_benchmarks_document_gives():
+    """scripts/check_mteb.py compares a recomputation with this figure: it must be there
+    and be the one the retrieval table quotes."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("check_mteb", root / "scripts/check_mteb.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    figure = check.documented_figure()
+    table_row = next(
+        line
+        for line in (root / "docs" / "BENCHMARKS.md").read_text().splitlines()
+        if line.startswith("| vector, MTEB protocol (first chunk")
+    )
+    assert f"**{figure:.4f}**" in table_row
