@@ -209,7 +209,14 @@ def _precision(cfg: EmbeddingConfig) -> str:
 
 
 def _bf16_capable(cfg: EmbeddingConfig) -> bool:
-    return cfg.device.startswith("cpu") and any(f in cpu_flags() for f in CPU_BF16_FLAGS)
+    """Whether ``auto`` may pick a bfloat16 backend: the precision ``embedding.dtype`` means
+    here is bfloat16 (so ``dtype: float32`` keeps every backend exact) on a CPU with
+    bfloat16 instructions."""
+    return (
+        _precision(cfg) == "bfloat16"
+        and cfg.device.startswith("cpu")
+        and any(f in cpu_flags() for f in CPU_BF16_FLAGS)
+    )
 
 
 def model_cache(cfg: EmbeddingConfig) -> encoders.ModelCache:

@@ -21,6 +21,7 @@ class _TokenizedEncoder:
     ``_infer(inputs) -> (batch, dim) float32``."""
 
     backend = ""
+    dtype = "float32"  # what the runtime computes in (the output is float32 either way)
 
     def __init__(self, model: str, model_dir: str | Path, *, batch_size: int, normalize: bool):
         from tokenizers import Tokenizer
@@ -98,6 +99,7 @@ class OnnxRuntimeEmbedder(_TokenizedEncoder):
         )
         self._names = [i.name for i in self._session.get_inputs()]
         self.backend = backend
+        self.dtype = "int8" if backend.endswith("int8") else "float32"
 
     def _infer(self, inputs):
         feed = {name: inputs[name] for name in self._names}
@@ -122,6 +124,7 @@ class OpenVinoEmbedder(_TokenizedEncoder):
         self._request = self._compiled.create_infer_request()
         self._names = [port.get_any_name() for port in self._compiled.inputs]
         self.backend = f"openvino-{precision}"
+        self.dtype = precision
 
     def _infer(self, inputs):
         result = self._request.infer({name: inputs[name] for name in self._names})
