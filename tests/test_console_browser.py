@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +21,7 @@ from freshindex.query.api import create_app
 from freshindex.query.config import load_query_config
 from freshindex.query.service import QueryService
 from freshindex.testing import RECORDS, copy_index
+from tests import serving
 
 CHROMIUM = os.environ.get("FRESHINDEX_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("FRESHINDEX_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -31,34 +29,16 @@ CHROMEDRIVER = os.environ.get("FRESHINDEX_CHROMEDRIVER", "/usr/bin/chromedriver"
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(base URL, config) of the console over a fixture copy with one more version: the
     update of notes/ducks.md."""
-    import uvicorn
-
     cfg = copy_index("fake-hash", tmp_path_factory.mktemp("console"))
     table = store.open_chunks(store.connect(cfg.db), cfg.table)
     table.update(where="doc_id = 'notes/ducks.md'", values={"content_hash": "edited-by-test"})
     qcfg = load_query_config(overrides={"gateway.cache.enabled": False}, environ={})
-    app = create_app(QueryService(cfg, qcfg), environ={})
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", cfg
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving.served(create_app(QueryService(cfg, qcfg), environ={})) as port:
+        yield f"http://127.0.0.1:{port}", cfg
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -26,6 +24,7 @@ from freshindex.query.api import create_app
 from freshindex.query.config import load_query_config
 from freshindex.query.service import QueryService
 from freshindex.testing import copy_index
+from tests import serving
 
 OBSERVABILITY = Path(__file__).resolve().parent.parent / "deploy" / "observability"
 ALERTS = OBSERVABILITY / "alerts.yml"
@@ -41,12 +40,6 @@ def _binary(name: str) -> str:
             pytrace=False,
         )
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> dict:
@@ -69,22 +62,10 @@ def test_promtool_accepts_the_alert_rules():
 @pytest.fixture
 def served(tmp_path):
     """The port of ``freshindex serve``'s app (uvicorn, loopback) over a fixture copy."""
-    import uvicorn
-
     cfg = copy_index("fake-hash", tmp_path / "index")
     qcfg = load_query_config(overrides={"gateway.cache.enabled": False}, environ={})
-    app = create_app(QueryService(cfg, qcfg), environ={})
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving.served(create_app(QueryService(cfg, qcfg), environ={})) as port:
+        yield port
 
 
 def test_prometheus_scrapes_serve_and_loads_the_alert_rules(served, tmp_path):
@@ -110,7 +91,7 @@ def test_prometheus_scrapes_serve_and_loads_the_alert_rules(served, tmp_path):
         ],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = serving.free_port()
     process = subprocess.Popen(
         [
             _binary("prometheus"),

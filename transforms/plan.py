@@ -310,27 +310,38 @@ class _RecordSourceVersions(beam.DoFn):
         yield recorded
 
 
-class RecordSourceVersions(beam.PTransform):
+class _AfterTheRunsCommit(beam.PTransform):
+    """All of its input, collected into one list, handed to one ``_fn`` DoFn (a commit of
+    its own) after the run's commit: ``manifest`` (the runs row) is its side input only
+    for that order."""
+
+    _step = ""
+    _fn: type[beam.DoFn]
+
+    def __init__(self, table: TableRef, manifest, commit: CommitConfig | None = None):
+        super().__init__()
+        self._table, self._manifest, self._commit = table, manifest, commit
+
+    def expand(self, items):
+        return (
+            items
+            | "Collect" >> beam.combiners.ToList()
+            | self._step
+            >> beam.ParDo(
+                self._fn(self._table, self._commit),
+                manifest=beam.pvalue.AsList(self._manifest),
+            )
+        )
+
+
+class RecordSourceVersions(_AfterTheRunsCommit):
     """(doc_id, content_hash, source_version) of documents skipped as unchanged whose
     listing metadata changed -> one commit that records the new ``source_version`` on
     their rows (only where the stored content hash is still the one planned with), after
     the run's own commit (``manifest``, the runs row, is its side input). Outputs the
     number of documents recorded."""
 
-    def __init__(self, table: TableRef, manifest, commit: CommitConfig | None = None):
-        super().__init__()
-        self._table, self._manifest, self._commit = table, manifest, commit
-
-    def expand(self, refreshed):
-        return (
-            refreshed
-            | "Collect" >> beam.combiners.ToList()
-            | "Record"
-            >> beam.ParDo(
-                _RecordSourceVersions(self._table, self._commit),
-                manifest=beam.pvalue.AsList(self._manifest),
-            )
-        )
+    _step, _fn = "Record", _RecordSourceVersions
 
 
 class _RecordLabels(beam.DoFn):
@@ -351,25 +362,12 @@ class _RecordLabels(beam.DoFn):
         yield done
 
 
-class RecordLabels(beam.PTransform):
+class RecordLabels(_AfterTheRunsCommit):
     """(doc_id, content_hash, labels) of unchanged documents whose access labels changed ->
     one commit that sets the labels on all their rows (``store.relabel``), after the run's
     own commit. Nothing is parsed or embedded. Outputs the number relabelled."""
 
-    def __init__(self, table: TableRef, manifest, commit: CommitConfig | None = None):
-        super().__init__()
-        self._table, self._manifest, self._commit = table, manifest, commit
-
-    def expand(self, relabeled):
-        return (
-            relabeled
-            | "Collect" >> beam.combiners.ToList()
-            | "Relabel"
-            >> beam.ParDo(
-                _RecordLabels(self._table, self._commit),
-                manifest=beam.pvalue.AsList(self._manifest),
-            )
-        )
+    _step, _fn = "Relabel", _RecordLabels
 
 
 def with_source(error: ErrorRecord, **where) -> ErrorRecord:
