@@ -288,3 +288,14 @@ def test_committed_gate_is_consistent():
     # what auto takes first on a CPU with bfloat16, and without
     assert auto_order(gate, bf16_capable=True)[0] == "openvino-bfloat16"
     assert "onnx-int8" not in auto_order(gate, bf16_capable=True)
+
+
+def test_openvino_sends_no_telemetry():
+    """openvino-telemetry is not installed (pyproject.toml says why): OpenVINO's tools fall
+    back to their stub, so no process is forked to post usage data anywhere."""
+    import importlib.util
+
+    assert importlib.util.find_spec("openvino_telemetry") is None
+    from openvino.tools.ovc import telemetry_utils
+
+    assert telemetry_utils.tm.__name__.endswith("telemetry_stub")
