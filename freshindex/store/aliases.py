@@ -86,12 +86,16 @@ def resolve_alias(db, name: str) -> Target:
 
 class AliasResolver:
     """Resolves names again and again on one open handle of the aliases table (a reader
-    pins a version per request: it must not reopen the table each time). ``db=None``:
+    pins a version per request: it must not reopen the table each time). A name's target
+    is read once per version of the aliases table: a pin only looks up that version (the
+    table is append-only, so an unchanged version means unchanged targets). ``db=None``:
     every name is the table of that name."""
 
     def __init__(self, db):
         self.db = db
         self._aliases = None
+        self._version: int | None = None
+        self._targets: dict[str, Target] = {}
 
     def resolve(self, name: str) -> Target:
         if self.db is None:  # a resolver of physical names only
@@ -102,7 +106,12 @@ class AliasResolver:
                 return Target(name, name)
         else:
             self._aliases.checkout_latest()
-        return _target(name, _rows(self._aliases, name))
+        if self._aliases.version != self._version:
+            self._version, self._targets = self._aliases.version, {}
+        found = self._targets.get(name)
+        if found is None:
+            found = self._targets[name] = _target(name, _rows(self._aliases, name))
+        return found
 
 
 def recorded_fingerprint(table) -> str | None:
