@@ -77,7 +77,17 @@ class EmbeddingConfig:
         "no network. Any sentence-transformers model name or local path works where it is "
         "available.",
     )
-    batch_size: Int = Field(16, description="measured best on 2 CPU cores, see docs/BENCHMARKS.md")
+    batch_size: Int = Field(
+        16,
+        description="texts per encoder batch when batch_tokens is 0; measured best on 2 CPU "
+        "cores, see docs/BENCHMARKS.md",
+    )
+    batch_tokens: Int = Field(
+        4096,
+        description="texts per batch by length instead: as many as fit this many padded "
+        "word-pieces (16 full 256-piece windows; more when texts are short); 0: batch_size "
+        "texts a batch (docs/ENCODERS.md, Batching)",
+    )
     normalize: Bool = True
     device: Str = "cpu"
     # Not part of the fingerprint: like the CPU's kernels, precision moves vectors by less
@@ -104,6 +114,11 @@ class EmbeddingConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"embedding.batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_tokens < 0:
+            raise ConfigError(
+                f"embedding.batch_tokens must be >= 0 (0: batch_size texts a batch), got "
+                f"{self.batch_tokens}"
+            )
         if self.dtype not in EMBEDDING_DTYPES:
             raise ConfigError(
                 f"embedding.dtype must be one of {', '.join(EMBEDDING_DTYPES)}, got {self.dtype!r}"

@@ -80,6 +80,8 @@ class SentenceTransformerEmbedder:
         self._tokenizer = Tokenizer.from_str(self._model.tokenizer.backend_tokenizer.to_str())
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
+        # the same with [CLS] and [SEP], for batching by length
+        self._counting = Tokenizer.from_str(self._tokenizer.to_str())
         self.dim = int(self._model.get_embedding_dimension())
         self.backend = f"torch-{self.dtype}"
         # Two word-pieces go to [CLS] and [SEP].
@@ -87,15 +89,21 @@ class SentenceTransformerEmbedder:
         self._lock = threading.Lock()
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return vectors
+        window = self.max_tokens + 2
+        lengths = [min(len(e.ids), window) for e in self._counting.encode_batch(texts)]
+        batches = encoders.length_batches(lengths, self._cfg.batch_size, self._cfg.batch_tokens)
         with self._lock:  # torch already uses every core; threads would only contend
-            vectors = self._model.encode(
-                texts,
-                batch_size=self._cfg.batch_size,
-                normalize_embeddings=self._cfg.normalize,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        vectors = np.asarray(vectors, dtype=np.float32)
+            for rows in batches:
+                vectors[rows] = self._model.encode(
+                    [texts[i] for i in rows],
+                    batch_size=len(rows),
+                    normalize_embeddings=self._cfg.normalize,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
         if self._cfg.normalize and self.dtype != "float32":
             # normalized in bfloat16, the norms are off by up to ~1e-3: renormalize in float32
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -280,7 +288,7 @@ def build_backend(cfg: EmbeddingConfig, label: str) -> Embedder:
 def _runtime_embedder(cfg: EmbeddingConfig, label: str) -> Embedder:
     prepare_offline()
     cache = model_cache(cfg)
-    common = dict(batch_size=cfg.batch_size, normalize=cfg.normalize)
+    common = dict(batch_size=cfg.batch_size, normalize=cfg.normalize, batch_tokens=cfg.batch_tokens)
     if label in ("onnx", "onnx-int8"):
         return encoders.OnnxRuntimeEmbedder(
             cfg.model, cache.model_dir, cache.ensure(label), backend=label, **common

@@ -299,3 +299,38 @@ def test_openvino_sends_no_telemetry():
     from openvino.tools.ovc import telemetry_utils
 
     assert telemetry_utils.tm.__name__.endswith("telemetry_stub")
+
+
+# ------------------------------------------------------------------ batching by length
+
+
+@pytest.mark.parametrize("batch_tokens", [0, 64, 512, 4096])
+def test_length_batches_cover_every_text_once_longest_first(batch_tokens):
+    from freshindex.encoders import length_batches
+
+    rng = np.random.default_rng(7)
+    lengths = [int(n) for n in rng.integers(3, 257, size=300)]
+    batches = length_batches(lengths, batch_size=16, batch_tokens=batch_tokens)
+    flat = [i for rows in batches for i in rows]
+    assert sorted(flat) == list(range(300))
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+    for rows in batches:
+        padded = len(rows) * max(lengths[i] for i in rows)
+        if batch_tokens == 0:
+            assert len(rows) <= 16
+        else:
+            assert padded <= batch_tokens or len(rows) == 1
+
+
+def test_a_token_budget_packs_short_texts_into_fewer_batches():
+    from freshindex.encoders import length_batches
+
+    short, long = [12] * 200, [256] * 32
+    assert len(length_batches(short, 16, 4096)) == 1  # 200 x 12 = 2,400 pieces
+    assert len(length_batches(short, 16, 0)) == 13
+    assert len(length_batches(long, 16, 4096)) == 2  # full windows: 16 a batch, as before
+
+
+def test_batch_tokens_is_validated():
+    with pytest.raises(ConfigError, match="batch_tokens"):
+        EmbeddingConfig(batch_tokens=-1)

@@ -114,3 +114,22 @@ def test_auto_refuses_failed_backend(prepared, monkeypatch):
         store_local(root, measured)
     finally:
         resolve_backend.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "backend,dtype", [("torch", "float32"), ("onnx", "float32"), ("openvino", "bfloat16")]
+)
+def test_batching_by_length_does_not_change_vectors(prepared, backend, dtype):
+    """Many texts of mixed lengths in token-budget batches (OpenVINO: on parallel streams)
+    give each text the vector it gets alone, in its own row."""
+    cache_dir = prepared[0]
+    texts = list(sample_texts(resolve_model_path("all-MiniLM-L6-v2"))) + TEXTS
+    texts = texts * 3  # several batches at a 1,024-piece budget
+    cfg = EmbeddingConfig(backend=backend, dtype=dtype, cache_dir=cache_dir, batch_tokens=1024)
+    budgeted = get_embedder(cfg).encode(texts)
+    fixed = get_embedder(dataclasses.replace(cfg, batch_tokens=0, batch_size=1))
+    alone = np.stack([fixed.encode([t])[0] for t in texts[: len(texts) // 3]])
+    cosines = np.sum(budgeted[: len(alone)] * alone, axis=1)
+    assert cosines.min() >= 0.999, cosines
+    copies = np.sum(budgeted[: len(alone)] * budgeted[len(alone) : 2 * len(alone)], axis=1)
+    assert copies.min() >= 0.999, copies  # each copy, in another batch, in its own row

@@ -82,6 +82,67 @@ def test_records_carry_their_own_text():
     assert doc.elements[1].section == "A title"
 
 
+class _NoParser:
+    """FAKE parse worker that fails every call: plain text must never reach one."""
+
+    calls = 0
+
+    def call(self, *args):
+        self.calls += 1
+        raise AssertionError("plain text went to the parse worker")
+
+
+def test_plain_text_files_are_split_without_a_parser(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(
+        "\ufeffRelease notes\r\n\r\nThe index is rebuilt\r\nevery night.\r\n\r\n"
+        "- faster parsing\n- fewer copies\n\n"
+        "What changed:\n\nA line that is long enough to be a sentence and not a title at all, "
+        "really\n".encode()
+    )
+    data = path.read_bytes()
+    ref = SourceRef(path.name, str(path), sha256_hex(data), content_type_for(str(path)))
+    worker = _NoParser()
+    doc = parse_document(ref, data, ParsingConfig(), worker=worker)
+    assert worker.calls == 0
+    assert [(e.kind, e.text) for e in doc.elements] == [
+        ("Title", "Release notes"),
+        ("NarrativeText", "The index is rebuilt every night."),
+        ("ListItem", "faster parsing"),
+        ("ListItem", "fewer copies"),
+        ("NarrativeText", "What changed:"),  # ends like a sentence's first half
+        (
+            "NarrativeText",
+            "A line that is long enough to be a sentence and not a title at all, really",
+        ),
+    ]
+    assert doc.title == "Release notes"
+    assert {e.section for e in doc.elements[1:]} == {"Release notes"}
+
+
+@pytest.mark.parametrize(
+    "text, title",
+    [
+        ("Introduction\n\nBody text here.", "Introduction"),
+        ("2024\n\nBody text here.", None),  # no letter: not a title
+        ("One line only.", None),
+        ("Heading\nsecond line\n\nBody.", None),  # two lines: a paragraph
+    ],
+)
+def test_a_plain_text_title_is_one_short_unpunctuated_line(tmp_path, text, title):
+    from freshindex.transforms.parsing import elements_from_text
+
+    titles = [e.text for e in elements_from_text(text) if e.kind == "Title"]
+    assert titles == ([title] if title else [])
+
+
+def test_plain_text_that_is_only_whitespace_is_empty(tmp_path):
+    path = tmp_path / "blank.txt"
+    path.write_bytes(b" \n\n\t\r\n ")
+    with pytest.raises(EmptyDocument, match="no extractable text"):
+        parse_file(path)
+
+
 # ------------------------------------------------------------------ reading, bounded
 
 

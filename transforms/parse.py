@@ -103,8 +103,8 @@ class _ParseFn(beam.DoFn):
 
     def setup(self) -> None:
         prepare_offline()
+        # started at its first document: plain text needs none (``parsing.elements_from_text``)
         self._worker = POOL.acquire(self._cfg)
-        self._worker.start()  # a new one warms up while the first documents are read
 
     def teardown(self) -> None:
         if self._worker is not None:

@@ -1,8 +1,11 @@
 """Parsing one document: SourceRef (+ bytes) -> Document; Beam-free.
 
 Records that carry their own text (JSONL corpora, Kafka messages) skip unstructured: their
-title and paragraphs become elements directly. Files are bounded first (size, and the zip
-directory of DOCX/PPTX), then partitioned in a parse worker (``parse_pool``).
+title and paragraphs become elements directly. So do plain-text files (``elements_from_text``:
+paragraphs, and a short unpunctuated line alone is a title), in this process: splitting text
+needs no parser to isolate, and unstructured's per-paragraph language model cost more than
+the encoder (docs/BENCHMARKS.md, "Side by side"). Other files are bounded first (size, and the
+zip directory of DOCX/PPTX), then partitioned in a parse worker (``parse_pool``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ from freshindex.transforms.parse_worker import IsolatedWorker
 from freshindex.transforms.source_io import read_bounded
 
 _PARAGRAPHS = re.compile(r"\n\s*\n")
+_LINE_BREAKS = re.compile(r"\r\n?")
+_BULLET = re.compile(r"^\s*(?:[-*+\u2022\u25aa\u2013]|\d{1,3}[.)])\s+")
+# A plain-text title: one line of at most this many words that does not end like a sentence.
+_TITLE_MAX_WORDS = 12
+_SENTENCE_END = tuple(".!?,;:")
+_PLAIN_TEXT = "text/plain"
 
 
 _ZIP_FORMATS = {"wordprocessingml.document": "DOCX", "presentationml.presentation": "PPTX"}
@@ -91,6 +100,44 @@ def elements_from_record(title: str | None, text: str) -> tuple[Element, ...]:
     return tuple(out)
 
 
+def elements_from_text(text: str) -> tuple[Element, ...]:
+    """Plain text -> elements without a parser: blank lines separate paragraphs; a paragraph
+    that is one short line not ending like a sentence is a Title (the section of what follows);
+    a paragraph whose every line starts with a bullet is one ListItem per line; other line
+    breaks inside a paragraph are joined (wrapped text).
+
+    >>> [(e.kind, e.text) for e in elements_from_text("Setup\n\nRun it\nonce.\n\n- a\n- b")]
+    [('Title', 'Setup'), ('NarrativeText', 'Run it once.'), ('ListItem', 'a'), ('ListItem', 'b')]
+    """
+    out: list[Element] = []
+    section: str | None = None
+    for para in _PARAGRAPHS.split(_LINE_BREAKS.sub("\n", text.removeprefix("\ufeff"))):
+        lines = [ln.strip() for ln in para.splitlines() if ln.strip()]
+        if not lines:
+            continue
+        if len(lines) > 1 and all(_BULLET.match(ln) for ln in lines):
+            for ln in lines:
+                item = _BULLET.sub("", ln, count=1).strip()
+                if item:
+                    out.append(Element(text=item, kind="ListItem", section=section))
+            continue
+        joined = " ".join(lines)
+        if len(lines) == 1 and _is_plain_title(joined):
+            section = joined[:300]
+            out.append(Element(text=joined, kind="Title", section=section))
+        else:
+            out.append(Element(text=joined, kind="NarrativeText", section=section))
+    return tuple(out)
+
+
+def _is_plain_title(line: str) -> bool:
+    return (
+        len(line.split()) <= _TITLE_MAX_WORDS
+        and not line.endswith(_SENTENCE_END)
+        and any(c.isalpha() for c in line)
+    )
+
+
 def parse_document(
     ref: SourceRef, data: bytes | None, cfg: ParsingConfig, worker: IsolatedWorker | None = None
 ) -> Document:
@@ -98,7 +145,7 @@ def parse_document(
 
     Files are parsed in ``worker`` (default: one lent by this process's pool) under
     ``cfg.timeout_s`` and ``cfg.max_memory_mb``; DOCX/PPTX are first checked against the
-    zip limits. Records with their own text need no parser.
+    zip limits. Records with their own text, and plain-text files, need no parser.
     """
     if ref.inline_text is not None:
         elements = elements_from_record(ref.title, ref.inline_text)
@@ -115,7 +162,9 @@ def parse_document(
                 hint="raise parsing.max_file_mb if such files are expected",
             )
         check_zip_bounds(data, ref.content_type, cfg, ref.doc_id)
-        if worker is None:
+        if ref.content_type == _PLAIN_TEXT:
+            elements = elements_from_text(data.decode("utf-8", errors="replace"))
+        elif worker is None:
             with lend_parse_worker(cfg) as lent:
                 elements = parse_in_worker(ref, data, cfg, lent)
         else:

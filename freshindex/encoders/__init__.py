@@ -15,7 +15,7 @@ from freshindex.encoders.gate import (
     cosine_gate,
     resolve_label,
 )
-from freshindex.encoders.runtimes import OnnxRuntimeEmbedder, OpenVinoEmbedder
+from freshindex.encoders.runtimes import OnnxRuntimeEmbedder, OpenVinoEmbedder, length_batches
 
 __all__ = [
     "BACKEND_LABELS",
@@ -27,5 +27,6 @@ __all__ = [
     "choose_backend",
     "committed_gate",
     "cosine_gate",
+    "length_batches",
     "resolve_label",
 ]

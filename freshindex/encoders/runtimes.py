@@ -3,17 +3,53 @@
 They keep the ``Embedder`` contract of the torch one: the model's own fast tokenizer (the
 same tokenizer.json, so token counts and spans are identical), at most ``max_seq_length``
 word-pieces read, mean pooling inside the exported graph, float32 L2-normalised output.
+
+Texts are tokenized once per call and batched by length (``length_batches``): longest first,
+so a batch pads little, and with ``batch_tokens`` as many texts as fit that many padded
+word-pieces. OpenVINO runs a call's batches on as many parallel inference streams as the CPU
+has cores (``THROUGHPUT``), a single batch (a query) on one stream using every core.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+Feed = dict[str, np.ndarray]
+
+
+def length_batches(
+    lengths: Sequence[int], batch_size: int, batch_tokens: int = 0
+) -> list[list[int]]:
+    """Indices of texts grouped for encoding, longest first so a batch pads little.
+
+    ``batch_tokens`` 0: ``batch_size`` texts a batch. Otherwise a batch takes texts while
+    its padded size (texts x the longest one's word-pieces) stays within ``batch_tokens``:
+    many short texts a batch, few long ones; a text longer than the budget is alone.
+
+    >>> length_batches([5, 100, 7, 90], batch_size=2)
+    [[1, 3], [2, 0]]
+    >>> length_batches([5, 100, 7, 90], batch_size=2, batch_tokens=200)
+    [[1, 3], [2, 0]]
+    >>> length_batches([5, 100, 7, 90], batch_size=2, batch_tokens=100)
+    [[1], [3], [2, 0]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if batch_tokens <= 0:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 class _TokenizedEncoder:
@@ -23,12 +59,20 @@ class _TokenizedEncoder:
     backend = ""
     dtype = "float32"  # what the runtime computes in (the output is float32 either way)
 
-    def __init__(self, model: str, model_dir: str | Path, *, batch_size: int, normalize: bool):
+    def __init__(
+        self,
+        model: str,
+        model_dir: str | Path,
+        *,
+        batch_size: int,
+        normalize: bool,
+        batch_tokens: int = 0,
+    ):
         from tokenizers import Tokenizer
 
         model_dir = Path(model_dir)
         self.model_name = model
-        self._batch_size = batch_size
+        self._batch_size, self._batch_tokens = batch_size, batch_tokens
         self._normalize = normalize
         max_seq = 512
         st_config = model_dir / "sentence_bert_config.json"
@@ -39,37 +83,42 @@ class _TokenizedEncoder:
         counting.no_truncation()
         counting.no_padding()
         self._counting = counting
-        batching = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        batching.enable_truncation(max_length=max_seq)
+        truncating = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        truncating.enable_truncation(max_length=max_seq)
+        truncating.no_padding()
+        self._truncating = truncating
         pad_token = "[PAD]"
         special = model_dir / "special_tokens_map.json"
         if special.is_file():
             value = json.loads(special.read_text()).get("pad_token", pad_token)
             pad_token = value["content"] if isinstance(value, dict) else value
-        batching.enable_padding(pad_id=batching.token_to_id(pad_token) or 0, pad_token=pad_token)
-        self._batching = batching
+        self._pad_id = truncating.token_to_id(pad_token) or 0
         config = json.loads((model_dir / "config.json").read_text())
         self.dim = int(config["hidden_size"])
         self._lock = threading.Lock()
 
-    def _inputs(self, texts: list[str]) -> dict[str, np.ndarray]:
-        encodings = self._batching.encode_batch(texts)
-        return {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
+    def _padded(self, encodings: list, rows: list[int]) -> Feed:
+        width = max(len(encodings[i].ids) for i in rows)
+        feed = {name: np.zeros((len(rows), width), dtype=np.int64) for name in INPUT_NAMES}
+        feed["input_ids"].fill(self._pad_id)
+        for row, i in enumerate(rows):
+            e = encodings[i]
+            n = len(e.ids)
+            feed["input_ids"][row, :n] = e.ids
+            feed["attention_mask"][row, :n] = 1
+            feed["token_type_ids"][row, :n] = e.type_ids
+        return feed
 
     def encode(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        # longest first, like sentence-transformers: a batch holds texts of similar length
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        encodings = self._truncating.encode_batch(texts)
+        batches = length_batches(
+            [len(e.ids) for e in encodings], self._batch_size, self._batch_tokens
+        )
         with self._lock:  # the runtimes already use every core; threads would only contend
-            for start in range(0, len(order), self._batch_size):
-                rows = order[start : start + self._batch_size]
-                out[rows] = self._infer(self._inputs([texts[i] for i in rows]))
+            self._run(batches, lambda rows: self._padded(encodings, rows), out)
         if self._normalize:
             norms = np.linalg.norm(out, axis=1, keepdims=True)
             out = out / np.where(norms > 0, norms, 1.0)
@@ -81,15 +130,20 @@ class _TokenizedEncoder:
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         return list(self._counting.encode(text, add_special_tokens=False).offsets)
 
-    def _infer(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def _run(self, batches: list[list[int]], feed: Callable[[list[int]], Feed], out) -> None:
+        """Fill ``out[rows]`` for every batch of rows."""
+        for rows in batches:
+            out[rows] = self._infer(feed(rows))
+
+    def _infer(self, inputs: Feed) -> np.ndarray:
         raise NotImplementedError
 
 
 class OnnxRuntimeEmbedder(_TokenizedEncoder):
     """ONNX Runtime's CPU provider on ``onnx_file`` (float32 export or its int8 copy)."""
 
-    def __init__(self, model, model_dir, onnx_file, *, backend, batch_size, normalize):
-        super().__init__(model, model_dir, batch_size=batch_size, normalize=normalize)
+    def __init__(self, model, model_dir, onnx_file, *, backend, **kwargs):
+        super().__init__(model, model_dir, **kwargs)
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -117,15 +171,44 @@ class OpenVinoEmbedder(_TokenizedEncoder):
         core = ov.Core()
         Path(compiled_cache).mkdir(parents=True, exist_ok=True)
         core.set_property({"CACHE_DIR": str(compiled_cache)})
-        hint = {"bfloat16": "bf16", "float32": "f32"}[precision]
+        self._core, self._onnx_file = core, str(onnx_file)
+        self._precision = {
+            "INFERENCE_PRECISION_HINT": {"bfloat16": "bf16", "float32": "f32"}[precision]
+        }
+        # one batch (a query): one stream on every core
         self._compiled = core.compile_model(
-            str(onnx_file), "CPU", {"INFERENCE_PRECISION_HINT": hint}
+            self._onnx_file, "CPU", {**self._precision, "PERFORMANCE_HINT": "LATENCY"}
         )
         self._request = self._compiled.create_infer_request()
         self._names = [port.get_any_name() for port in self._compiled.inputs]
+        self._parallel = None  # many batches: a stream per core, compiled at first need
         self.backend = f"openvino-{precision}"
         self.dtype = precision
 
     def _infer(self, inputs):
         result = self._request.infer({name: inputs[name] for name in self._names})
         return np.asarray(result[self._compiled.output(0)], dtype=np.float32)
+
+    def _run(self, batches, feed, out) -> None:
+        if len(batches) < 2:
+            super()._run(batches, feed, out)
+            return
+        import openvino as ov
+
+        if self._parallel is None:
+            compiled = self._core.compile_model(
+                self._onnx_file, "CPU", {**self._precision, "PERFORMANCE_HINT": "THROUGHPUT"}
+            )
+            self._parallel = ov.AsyncInferQueue(
+                compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+            )
+
+        def done(request, rows) -> None:
+            out[rows] = request.get_output_tensor(0).data
+
+        self._parallel.set_callback(done)
+        # the next batch is padded while the streams run; start_async waits for a free one
+        for rows in batches:
+            inputs = feed(rows)
+            self._parallel.start_async({name: inputs[name] for name in self._names}, rows)
+        self._parallel.wait_all()
