@@ -83,10 +83,11 @@ class EmbeddingConfig:
         "cores, see docs/BENCHMARKS.md",
     )
     batch_tokens: Int = Field(
-        4096,
-        description="texts per batch by length instead: as many as fit this many padded "
-        "word-pieces (16 full 256-piece windows; more when texts are short); 0: batch_size "
-        "texts a batch (docs/ENCODERS.md, Batching)",
+        0,
+        description="0: batch_size texts a batch (longest first); N: as many texts as fit N "
+        "padded word-pieces, more when they are short. Slower on 2 CPU cores, where a batch "
+        "of 16 is best whatever the length (docs/ENCODERS.md, Batching); try it where large "
+        "batches pay (a GPU)",
     )
     normalize: Bool = True
     device: Str = "cpu"

@@ -2,6 +2,7 @@
 """Encoder backends side by side: query latency, documents/s, and the mixed-table check.
 
     scripts/bench_encoders.py speed [--docs 128] [--rounds 3] [--queries 30]
+    scripts/bench_encoders.py batching [--docs 512] [--rounds 5]
     scripts/bench_encoders.py mixed --db DB --base torch_float32 --other onnx-int8
 
 speed: for each backend (torch float32 and bfloat16, onnx, onnx-int8, openvino float32 and
@@ -9,6 +10,13 @@ bfloat16), the p50 of embedding one short query (warm), and documents/s of encod
 first ``--docs`` SciFact abstracts (title + text). Backends are interleaved within each
 round, and each round's figure is divided by float32 torch's of the same round; medians
 over rounds are reported (the machine is shared and noisy).
+
+batching: texts/s of encoding three sets (SciFact abstracts, up to a full window each; the
+SciFact queries, ~20 word-pieces; both shuffled together) in fixed batches of
+``embedding.batch_size`` texts against token-budget batches (``embedding.batch_tokens``),
+(``--budget``, default 4,096: 16 full windows), and for OpenVINO one inference stream
+against parallel streams; each round's figure is
+divided by the first case's (fixed batches, one stream: the code before batching by length).
 
 mixed: the tables that ``freshindex eval`` built for two backends hold the same chunks
 (same ids); a third table takes the base table's rows with every other document's vectors
@@ -21,6 +29,7 @@ the speed results, and the cosine checks stored in the cache:
 
     scripts/bench_encoders.py gate --eval torch-float32=t.json --eval onnx-int8=i.json \
         --speed bench_encoders_speed.json --cache-dir DIR
+    scripts/bench_encoders.py gate --merge --eval openvino-float32=o.json   # add one
 
 Results: --out JSON; docs/BENCHMARKS.md and docs/ENCODERS.md quote them.
 """
@@ -114,6 +123,68 @@ def speed(args) -> dict:
     return {"rounds": rounds, "median": summary, "docs": len(texts), "query": QUERY}
 
 
+def _queries() -> list[str]:
+    with (SCIFACT / "queries.jsonl").open() as handle:
+        return [json.loads(line)["text"] for line in handle]
+
+
+def batching(args) -> dict:
+    import random
+
+    from freshindex import encoders
+    from freshindex.config import EmbeddingConfig
+    from freshindex.embedding import get_embedder
+
+    abstracts, queries = _abstracts(args.docs), _queries()[: args.docs]
+    both = abstracts + queries
+    random.Random(7).shuffle(both)
+    sets = {"abstracts": abstracts, "queries": queries, "mixed": both}
+    budget = args.budget
+
+    class OneStream(encoders.OpenVinoEmbedder):  # the code before parallel streams
+        _run = encoders.runtimes._TokenizedEncoder._run
+
+    def build(backend, dtype, tokens, one_stream=False):
+        cfg = EmbeddingConfig(backend=backend, dtype=dtype, batch_tokens=tokens)
+        embedder = get_embedder(cfg)
+        if one_stream:
+            embedder = object.__new__(OneStream)
+            embedder.__dict__.update(get_embedder(cfg).__dict__)
+        return embedder
+
+    cases = {
+        "openvino-bf16 fixed, 1 stream": build("openvino", "bfloat16", 0, one_stream=True),
+        "openvino-bf16 fixed, streams": build("openvino", "bfloat16", 0),
+        "openvino-bf16 budget, streams": build("openvino", "bfloat16", budget),
+        "torch-float32 fixed": build("torch", "float32", 0),
+        "torch-float32 budget": build("torch", "float32", budget),
+    }
+    for embedder in cases.values():
+        embedder.encode(both[:64])
+    rounds = []
+    for r in range(args.rounds):
+        row: dict = {}
+        for set_name, texts in sets.items():
+            for case, embedder in cases.items():
+                started = time.perf_counter()
+                embedder.encode(texts)
+                row[f"{set_name}: {case}"] = len(texts) / (time.perf_counter() - started)
+        for set_name in sets:
+            base = row[f"{set_name}: {next(iter(cases))}"]
+            for case in cases:
+                row[f"{set_name}: {case} ratio"] = row[f"{set_name}: {case}"] / base
+        print(f"round {r}: " + json.dumps({k: round(v, 2) for k, v in row.items()}), flush=True)
+        rounds.append(row)
+    median = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+    print(f"\n| texts | case | texts/s | × fixed, one stream |  (budget {budget} pieces)")
+    print("|---|---|---|---|")
+    for set_name in sets:
+        for case in cases:
+            key = f"{set_name}: {case}"
+            print(f"| {set_name} | {case} | {median[key]:.1f} | {median[key + ' ratio']:.2f} |")
+    return {"rounds": rounds, "median": median, "budget": budget, "docs": args.docs}
+
+
 def _half(doc_id: str) -> bool:
     return hashlib.sha256(doc_id.encode()).digest()[0] % 2 == 1
 
@@ -160,7 +231,33 @@ def mixed(args) -> dict:
     return out
 
 
+def merge_gate(args) -> dict:
+    """Add retrieval measurements of more backends to the committed gate, against its
+    baseline's figures; the other entries stay as they are."""
+    from freshindex.encoders.gate import COMMITTED_GATE
+
+    gate = json.loads(COMMITTED_GATE.read_text())
+    base = gate["backends"][gate["baseline"]]["ndcg@10"]
+    for pair in args.eval:
+        label, path = pair.split("=", 1)
+        modes = json.loads(Path(path).read_text())["modes"]
+        ndcg = {m: round(modes[m]["mean"]["ndcg@10"], 4) for m in ("vector", "hybrid")}
+        entry = gate["backends"][label]
+        entry.pop("note", None)
+        entry["ndcg@10"] = ndcg
+        entry["delta"] = {m: round(ndcg[m] - base[m], 4) for m in base}
+        within = all(abs(d) <= gate["tolerance"] for d in entry["delta"].values())
+        entry["passed"] = within and entry.get("cosine_mean", 1.0) >= 0.99
+    COMMITTED_GATE.write_text(json.dumps(gate, indent=1) + "\n")
+    print(json.dumps(gate["backends"], indent=1))
+    return gate
+
+
 def write_gate(args) -> dict:
+    if args.merge:
+        return merge_gate(args)
+    if not args.cache_dir:
+        raise SystemExit("gate: --cache-dir is required (or --merge)")
     from freshindex.encoders.gate import BACKEND_LABELS, BASELINE, COMMITTED_GATE
 
     tolerance = 0.005
@@ -229,6 +326,11 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=30)
     p.add_argument("--cache-dir", default="")
     p.add_argument("--out", default="bench_encoders_speed.json")
+    p = sub.add_parser("batching")
+    p.add_argument("--docs", type=int, default=512)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--budget", type=int, default=4096, help="embedding.batch_tokens to try")
+    p.add_argument("--out", default="bench_encoders_batching.json")
     p = sub.add_parser("mixed")
     p.add_argument("--db", required=True)
     p.add_argument("--base", default="torch_float32")
@@ -238,13 +340,20 @@ def main(argv=None) -> int:
     p.add_argument("--eval", action="append", required=True, metavar="LABEL=RESULT.json")
     p.add_argument("--documented", action="append", metavar="LABEL=DVECTOR,DHYBRID")
     p.add_argument("--speed")
-    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--cache-dir", help="required unless --merge")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="add these --eval results to the committed gate (its baseline, speeds and "
+        "cosines kept) instead of writing it anew",
+    )
     p.add_argument("--out", default="bench_encoders_gate.json")
     args = parser.parse_args(argv)
     from freshindex.runtime import prepare_offline
 
     prepare_offline()
-    result = {"speed": speed, "mixed": mixed, "gate": write_gate}[args.command](args)
+    commands = {"speed": speed, "batching": batching, "mixed": mixed, "gate": write_gate}
+    result = commands[args.command](args)
     result["machine"] = {
         "host": platform.node(),
         "cpu": platform.processor() or platform.machine(),
