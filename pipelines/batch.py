@@ -46,6 +46,7 @@ from freshindex.transforms.plan import (
     RecordSourceVersions,
     ScreenListing,
     TableRef,
+    nothing_changed,
 )
 from freshindex.transforms.read import (
     ERRORS_TAG,
@@ -54,6 +55,7 @@ from freshindex.transforms.read import (
     LoadRecords,
     ReadSource,
     SourceSpec,
+    list_files,
     resolve_source,
 )
 from freshindex.transforms.write import (
@@ -63,6 +65,7 @@ from freshindex.transforms.write import (
     SUCCEEDED,
     RunSpec,
     WriteToIndex,
+    commit_step,
 )
 
 log = logging.getLogger("freshindex.batch")
@@ -255,10 +258,10 @@ def _run_locked(
         cfg.ingest.sync,
         spec.namespace,
     )
-    options = PipelineOptions(beam_args or [])
-    pipeline = beam.Pipeline(options=options)
-    build_ingest(pipeline, cfg, spec, run, retry_failed)
-    pipeline.run().wait_until_finish()
+    if not _recorded_unchanged(cfg, spec, run):
+        pipeline = beam.Pipeline(options=PipelineOptions(beam_args or []))
+        build_ingest(pipeline, cfg, spec, run, retry_failed)
+        pipeline.run().wait_until_finish()
     rows = store.read_runs(store.connect(cfg.db), cfg.table, run_id=run.run_id)
     if not rows:
         raise RuntimeError(f"run {run.run_id} finished without recording its manifest")
@@ -266,6 +269,41 @@ def _run_locked(
     if cfg.maintenance.after_batch and (row["chunks_written"] or row["docs_deleted"]):
         row["upkeep"] = upkeep_after_run(cfg, run.run_id)
     return row
+
+
+def _recorded_unchanged(cfg: Config, spec: SourceSpec, run: RunSpec) -> bool:
+    """Record the run without starting the pipeline when the plan would only skip: a files
+    source with metadata change detection whose every file the table holds unchanged, and
+    nothing to delete, relabel or re-record (``plan.nothing_changed``, which runs the plan's
+    own functions). Beam's start costs about a second, the largest part of such a run.
+    False, and the pipeline runs, in any other case."""
+    if spec.kind != "files" or cfg.ingest.change_detection == "hash" or run.table.version is None:
+        return False
+    try:
+        listed = list(list_files(spec))
+        table = store.open_chunks(store.connect(cfg.db), cfg.table)
+        table.checkout(run.table.version)
+        unchanged = nothing_changed(
+            listed,
+            store.iter_ledger(table),
+            run.fingerprint,
+            run.sync,
+            spec.owns,
+            namespace=spec.namespace,
+            labeler=Labeler.of(cfg.access),
+        )
+    except Exception as exc:  # nothing lost: the pipeline lists and reads it, and records why
+        log.info("run %s: the pipeline will plan it (quick check: %s)", run.run_id, exc)
+        return False
+    if not unchanged:
+        return False
+    log.info(
+        "run %s: all %d documents unchanged; recorded without starting the pipeline",
+        run.run_id,
+        len(listed),
+    )
+    commit_step(run, [], [], [], [], len(listed), len(listed))
+    return True
 
 
 def upkeep_after_run(cfg: Config, run_id: str) -> str:

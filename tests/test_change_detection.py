@@ -21,10 +21,17 @@ from freshindex.cli import build_parser
 from freshindex.config import IngestConfig
 from freshindex.errors import ConfigError
 from freshindex.pipelines.batch import run_ingest
-from freshindex.schemas.records import SourceRef
+from freshindex.schemas.records import ErrorRecord, SourceRef
 from freshindex.store.ledger import record_source_versions
 from freshindex.transforms import process, read
-from freshindex.transforms.plan import TO_READ, UNCHANGED, new_source_version, screen
+from freshindex.transforms.access import Labeler
+from freshindex.transforms.plan import (
+    TO_READ,
+    UNCHANGED,
+    new_source_version,
+    nothing_changed,
+    screen,
+)
 from freshindex.transforms.read import source_version_for
 from tests.conftest import DOCS
 
@@ -82,6 +89,81 @@ def test_an_unchanged_rerun_reads_no_file(fake_cfg, old_corpus, reads):
         len(DOCS),
         0,
     )
+
+
+@pytest.fixture
+def pipeline_starts(monkeypatch):
+    """How many times a batch run built its Beam pipeline."""
+    from freshindex.pipelines import batch
+
+    built: list[str] = []
+    build = batch.build_ingest
+
+    def counting(p, cfg, source, run, *args, **kw):
+        built.append(run.run_id)
+        return build(p, cfg, source, run, *args, **kw)
+
+    monkeypatch.setattr(batch, "build_ingest", counting)
+    return built
+
+
+def test_an_unchanged_source_is_recorded_without_the_pipeline(
+    fake_cfg, old_corpus, reads, pipeline_starts
+):
+    first = ingest(fake_cfg, old_corpus)
+    assert len(pipeline_starts) == 1
+    db = store.connect(fake_cfg.db)
+    table = store.open_chunks(db, fake_cfg.table)
+    before = (table.version, table.count_rows())
+    reads.clear()
+    again = ingest(fake_cfg, old_corpus)
+    assert len(pipeline_starts) == 1 and reads == []
+    assert again["status"] == "succeeded" and again["run_id"] != first["run_id"]
+    assert (again["docs_seen"], again["docs_skipped"], again["chunks_written"]) == (
+        first["docs_seen"],
+        first["docs_seen"],
+        0,
+    )
+    table = store.open_chunks(db, fake_cfg.table)
+    assert (table.version, table.count_rows()) == before  # no new version, nothing written
+    assert table.tags.list()[f"run-{again['run_id']}"]["version"] == table.version
+    assert store.read_runs(db, fake_cfg.table, run_id=again["run_id"])[0]["docs_seen"] == len(DOCS)
+    # any change goes through the pipeline again: an edit, a deletion, a new label
+    edited = old_corpus / "notes/ducks.md"
+    edited.write_text("# Geese\n\nGeese are larger than ducks.")
+    os.utime(edited, (HOUR_AGO + 60, HOUR_AGO + 60))
+    assert ingest(fake_cfg, old_corpus)["docs_updated"] == 1 and len(pipeline_starts) == 2
+    edited.unlink()
+    assert ingest(fake_cfg, old_corpus)["docs_deleted"] == 1 and len(pipeline_starts) == 3
+    assert ingest(fake_cfg, old_corpus)["docs_deleted"] == 0 and len(pipeline_starts) == 3
+
+
+def test_nothing_changed_runs_the_plans_own_checks():
+    listed = [ref("size=1;mtime=5.000000")]
+    entry = store.LedgerEntry("h1", "fp", "/src/a.md", "files:/src", "size=1;mtime=5.000000")
+    gone = store.LedgerEntry("h2", "fp", "/src/b.md", "files:/src", "size=1;mtime=5.000000")
+    other = store.LedgerEntry("h3", "fp", "/elsewhere/c.md", "files:/other", None)
+    labeled = entry._replace(acl=("public",))
+
+    def check(listed, pieces, sync="full", fingerprint="fp", labeler=None):
+        return nothing_changed(
+            listed, iter(pieces), fingerprint, sync, namespace="files:/src", labeler=labeler
+        )
+
+    assert check(listed, [{"a.md": labeled}])
+    assert check(listed, [{"a.md": labeled}, {"a.md": labeled, "c.md": other}])  # not ours
+    assert not check(listed, [{"a.md": labeled, "b.md": gone}])  # b.md would be deleted
+    assert check(listed, [{"a.md": labeled, "b.md": gone}], sync="append")
+    assert not check(listed, [{}])  # a.md is new
+    assert not check(listed, [{"a.md": labeled}], fingerprint="fp2")  # settings changed
+    assert not check([ref(None)], [{"a.md": labeled}])  # a listing not to be trusted
+    assert not check([ref("size=1;mtime=6.000000")], [{"a.md": labeled}])  # edited or touched
+    assert not check(listed + listed, [{"a.md": labeled}])  # a duplicate id
+    hr = Labeler((("/src/*", ("hr",)),))
+    assert not check(listed, [{"a.md": labeled}], labeler=hr)  # new labels: a relabel
+    assert check(listed, [{"a.md": entry._replace(acl=("hr",))}], labeler=hr)
+    unsupported = ErrorRecord(stage="read", error_class="UnsupportedFormat", message="x")
+    assert not check([*listed, unsupported], [{"a.md": labeled}])  # the errors row is due
 
 
 def test_an_edited_file_is_read_and_updated(fake_cfg, old_corpus, reads):

@@ -249,6 +249,56 @@ def new_source_version(refs: list[SourceRef], ledger: list[Sequence]):
     return ref.doc_id, entry.content_hash, ref.source_version
 
 
+def nothing_changed(
+    listed: Sequence[SourceRef | ErrorRecord],
+    ledger: Iterator[dict[str, store.LedgerEntry]],
+    fingerprint: str,
+    sync: str,
+    owns: Owns | None = None,
+    *,
+    namespace: str | None = None,
+    labeler: Labeler | None = None,
+) -> bool:
+    """Would the plan skip every listed document and do nothing else? Pure, like ``screen``
+    and ``decide``, which it runs on each document: True only when the listing has no error,
+    every listed file is ``UNCHANGED`` by its metadata, ``decide`` then only skips it (no new
+    labels, no new listing metadata to record), and no stored document would be deleted.
+
+    A batch run of an unchanged source then records its run without starting the pipeline
+    (``pipelines.batch``); anything else, or any doubt, goes through the pipeline.
+    ``ledger``: the table's ledger in pieces (``store.iter_ledger``); it is read only until
+    the first document that would change.
+    """
+    labeler = labeler or Labeler()
+    refs: dict[str, list[SourceRef]] = {}
+    for item in listed:
+        if isinstance(item, ErrorRecord):
+            return False
+        refs.setdefault(item.doc_id, []).append(item)
+    stored: set[str] = set()
+    for piece in ledger:
+        for doc_id, entry in piece.items():
+            if doc_id in stored:  # a document whose chunks fell in two pieces
+                continue
+            stored.add(doc_id)
+            if not _only_skipped(
+                doc_id, refs.get(doc_id, []), entry, fingerprint, sync, owns, namespace, labeler
+            ):
+                return False
+    return stored >= refs.keys()  # a listed document the table lacks is new
+
+
+def _only_skipped(doc_id, refs, entry, fingerprint, sync, owns, namespace, labeler) -> bool:
+    if not refs:  # stored, not listed: nothing unless decide would delete it
+        return not any(decide(doc_id, [], [entry], fingerprint, sync, owns, namespace=namespace))
+    screened = list(screen(refs, [entry], fingerprint, owns, namespace=namespace))
+    if [tag for tag, _ in screened] != [UNCHANGED]:
+        return False
+    labeled = [labeler.label(screened[0][1])]
+    planned = list(decide(doc_id, labeled, [entry], fingerprint, sync, owns, namespace=namespace))
+    return planned == [(SKIPPED, doc_id)] and new_source_version(labeled, [entry]) is None
+
+
 class _Screen(beam.DoFn):
     def __init__(self, fingerprint: str, namespace: str | None, owns: Owns | None):
         self._fingerprint, self._namespace, self._owns = fingerprint, namespace, owns

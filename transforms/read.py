@@ -161,44 +161,59 @@ def source_version_for(size: int, mtime: float | None, listed_at: float) -> str 
     return f"size={size};mtime={mtime:.6f}"
 
 
+def listed_ref(meta, root: str, listed_at: float) -> SourceRef | ErrorRecord | None:
+    """A matched file (Beam's FileMetadata) -> a SourceRef with its listing metadata and no
+    content hash (nothing is read); an error row for an unsupported type; None for a hidden
+    file or an object store's folder marker."""
+    if meta.path.endswith(("/", "\\")):  # a folder marker of an object store
+        return None
+    doc_id = doc_id_for(meta.path, root)
+    if _hidden(doc_id):
+        return None
+    content_type = content_type_for(meta.path)
+    if content_type is None:
+        ext = posixpath.splitext(meta.path)[1] or "(none)"
+        return ErrorRecord(
+            stage="read",
+            error_class="UnsupportedFormat",
+            message=f"unsupported file type {ext}; supported: md, html, pdf, docx, pptx, txt",
+            doc_id=doc_id,
+            source_uri=meta.path,
+        )
+    mtime = meta.last_updated_in_seconds or None
+    return SourceRef(
+        doc_id=doc_id,
+        source_uri=meta.path,
+        content_hash="",
+        content_type=content_type,
+        size=meta.size_in_bytes,
+        modified_at=mtime,
+        source_version=source_version_for(meta.size_in_bytes, mtime, listed_at),
+    )
+
+
+def list_files(spec: SourceSpec) -> Iterator[SourceRef | ErrorRecord]:
+    """What ``ListSource`` lists for a files source, in this process (``listed_ref`` of
+    every match of its pattern; no match is no file)."""
+    listed_at = time.time()
+    for result in FileSystems.match([spec.pattern]):
+        for meta in result.metadata_list:
+            if (item := listed_ref(meta, spec.root, listed_at)) is not None:
+                yield item
+
+
 class _ListFile(beam.DoFn):
-    """A matched file -> a SourceRef with its listing metadata and no content hash (nothing
-    is read here). Hidden files are left out; unsupported types become error rows."""
+    """A matched file -> ``listed_ref``: its SourceRef, or an error row on ``ERRORS_TAG``."""
 
     def __init__(self, root: str):
         self._root = root
 
     def process(self, meta) -> Iterator[SourceRef]:
-        if meta.path.endswith(("/", "\\")):  # a folder marker of an object store
-            return
-        doc_id = doc_id_for(meta.path, self._root)
-        if _hidden(doc_id):
-            return
-        content_type = content_type_for(meta.path)
-        if content_type is None:
-            ext = posixpath.splitext(meta.path)[1] or "(none)"
-            yield beam.pvalue.TaggedOutput(
-                ERRORS_TAG,
-                ErrorRecord(
-                    stage="read",
-                    error_class="UnsupportedFormat",
-                    message=f"unsupported file type {ext}; supported: md, html, pdf, docx, "
-                    "pptx, txt",
-                    doc_id=doc_id,
-                    source_uri=meta.path,
-                ),
-            )
-            return
-        mtime = meta.last_updated_in_seconds or None
-        yield SourceRef(
-            doc_id=doc_id,
-            source_uri=meta.path,
-            content_hash="",
-            content_type=content_type,
-            size=meta.size_in_bytes,
-            modified_at=mtime,
-            source_version=source_version_for(meta.size_in_bytes, mtime, time.time()),
-        )
+        item = listed_ref(meta, self._root, time.time())
+        if isinstance(item, ErrorRecord):
+            yield beam.pvalue.TaggedOutput(ERRORS_TAG, item)
+        elif item is not None:
+            yield item
 
 
 class _HashFile(beam.DoFn):

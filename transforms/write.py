@@ -515,13 +515,19 @@ class _CommitFn(beam.DoFn):
 
     def process(self, _, staged, errors, deleted, updated, docs_seen, docs_skipped):
         check_commit_inputs(staged=staged, errors=errors, deleted=deleted, updated=updated)
-        started = time.monotonic()
-        with tracing.span("freshindex.commit", run_id=self._spec.run_id, kind="batch"):
-            row = commit_run(self._spec, staged, errors, deleted, updated, docs_seen, docs_skipped)
-        seconds = time.monotonic() - started
-        metrics.observe_commit("batch", seconds)  # seen where the runner runs this step
-        log.info("commit step took %.1fs", seconds)
-        yield row
+        yield commit_step(self._spec, staged, errors, deleted, updated, docs_seen, docs_skipped)
+
+
+def commit_step(spec: RunSpec, *args) -> dict[str, Any]:
+    """``commit_run`` traced and timed: the batch commit step, in the pipeline or for a run
+    that needs no pipeline (``pipelines.batch``, an unchanged source)."""
+    started = time.monotonic()
+    with tracing.span("freshindex.commit", run_id=spec.run_id, kind="batch"):
+        row = commit_run(spec, *args)
+    seconds = time.monotonic() - started
+    metrics.observe_commit("batch", seconds)  # seen where the runner runs this step
+    log.info("commit step took %.1fs", seconds)
+    return row
 
 
 class WriteToIndex(beam.PTransform):

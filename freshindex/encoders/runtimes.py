@@ -7,7 +7,8 @@ word-pieces read, mean pooling inside the exported graph, float32 L2-normalised 
 Texts are tokenized once per call and batched by length (``length_batches``): longest first,
 so a batch pads little, and with ``batch_tokens`` as many texts as fit that many padded
 word-pieces. OpenVINO runs a call's batches on as many parallel inference streams as the CPU
-has cores (``THROUGHPUT``), a single batch (a query) on one stream using every core.
+has cores (``THROUGHPUT``), and a single batch (a query) on one stream using every core
+until the process has needed the parallel streams.
 """
 
 from __future__ import annotations
@@ -175,40 +176,48 @@ class OpenVinoEmbedder(_TokenizedEncoder):
         self._precision = {
             "INFERENCE_PRECISION_HINT": {"bfloat16": "bf16", "float32": "f32"}[precision]
         }
-        # one batch (a query): one stream on every core
-        self._compiled = core.compile_model(
-            self._onnx_file, "CPU", {**self._precision, "PERFORMANCE_HINT": "LATENCY"}
-        )
-        self._request = self._compiled.create_infer_request()
-        self._names = [port.get_any_name() for port in self._compiled.inputs]
-        self._parallel = None  # many batches: a stream per core, compiled at first need
+        # compiled at first need, so a process holds one model in most cases (its buffers
+        # for 16 full windows are ~0.4-0.6 GB): a call with one batch (a query) before any
+        # larger call gets one stream on every core; a call with several batches gets a
+        # stream per core, and so do all calls after it
+        self._latency = None
+        self._parallel = None
         self.backend = f"openvino-{precision}"
         self.dtype = precision
 
+    def _compile(self, hint: str):
+        return self._core.compile_model(
+            self._onnx_file, "CPU", {**self._precision, "PERFORMANCE_HINT": hint}
+        )
+
     def _infer(self, inputs):
-        result = self._request.infer({name: inputs[name] for name in self._names})
-        return np.asarray(result[self._compiled.output(0)], dtype=np.float32)
+        if self._latency is None:
+            compiled = self._compile("LATENCY")
+            names = [port.get_any_name() for port in compiled.inputs]
+            self._latency = (compiled.create_infer_request(), names, compiled.output(0))
+        request, names, output = self._latency
+        result = request.infer({name: inputs[name] for name in names})
+        return np.asarray(result[output], dtype=np.float32)
 
     def _run(self, batches, feed, out) -> None:
-        if len(batches) < 2:
+        if len(batches) < 2 and self._parallel is None:
             super()._run(batches, feed, out)
             return
         import openvino as ov
 
         if self._parallel is None:
-            compiled = self._core.compile_model(
-                self._onnx_file, "CPU", {**self._precision, "PERFORMANCE_HINT": "THROUGHPUT"}
-            )
-            self._parallel = ov.AsyncInferQueue(
-                compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
-            )
+            compiled = self._compile("THROUGHPUT")
+            requests = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+            names = [port.get_any_name() for port in compiled.inputs]
+            self._parallel = (ov.AsyncInferQueue(compiled, requests), names)
+        queue, names = self._parallel
 
         def done(request, rows) -> None:
             out[rows] = request.get_output_tensor(0).data
 
-        self._parallel.set_callback(done)
+        queue.set_callback(done)
         # the next batch is padded while the streams run; start_async waits for a free one
         for rows in batches:
             inputs = feed(rows)
-            self._parallel.start_async({name: inputs[name] for name in self._names}, rows)
-        self._parallel.wait_all()
+            queue.start_async({name: inputs[name] for name in names}, rows)
+        queue.wait_all()
