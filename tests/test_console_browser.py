@@ -95,13 +95,26 @@ def shot(driver, artifacts: Path, name: str) -> None:
 def navigate(browser, element) -> None:
     """Click ``element`` and wait until the page it leads to replaced this one (a click
     returns before the new page loads: reading at once would read the old page)."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = browser.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(old))
+
+    def replaced(_) -> bool:
+        try:
+            old.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            # chromedriver's other answer for a node of the page that was just replaced
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    WebDriverWait(browser, 30).until(replaced)
 
 
 def test_the_console_shows_runs_search_hits_with_citations_and_a_diff(served, browser, artifacts):
