@@ -80,8 +80,6 @@ class SentenceTransformerEmbedder:
         self._tokenizer = Tokenizer.from_str(self._model.tokenizer.backend_tokenizer.to_str())
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
-        # the same with [CLS] and [SEP], for batching by length
-        self._counting = Tokenizer.from_str(self._tokenizer.to_str())
         self.dim = int(self._model.get_embedding_dimension())
         self.backend = f"torch-{self.dtype}"
         # Two word-pieces go to [CLS] and [SEP].
@@ -93,7 +91,8 @@ class SentenceTransformerEmbedder:
         if not texts:
             return vectors
         window = self.max_tokens + 2
-        lengths = [min(len(e.ids), window) for e in self._counting.encode_batch(texts)]
+        # with [CLS] and [SEP] (encode_batch adds them): the lengths the model reads
+        lengths = [min(len(e.ids), window) for e in self._tokenizer.encode_batch(texts)]
         batches = encoders.length_batches(lengths, self._cfg.batch_size, self._cfg.batch_tokens)
         with self._lock:  # torch already uses every core; threads would only contend
             for rows in batches:

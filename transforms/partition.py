@@ -1,8 +1,9 @@
 """Partition: bytes -> elements with unstructured; what runs inside the parse worker process.
 
-Formats: Markdown, HTML, PDF (``fast`` strategy: pdfminer's text layer), DOCX, PPTX and
-plain text. Kept apart from the parse step so the worker imports no Beam and the
-supervising side (``freshindex.transforms.parse_pool``) can name these functions.
+Formats: Markdown, HTML, PDF (``fast`` strategy: pdfminer's text layer), DOCX and PPTX
+(plain text needs no parser: ``freshindex.transforms.parsing``). Kept apart from the parse
+step so the worker imports no Beam and the supervising side
+(``freshindex.transforms.parse_pool``) can name these functions.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import io
 import posixpath
 
 from freshindex.config import ParsingConfig
-from freshindex.errors import CorruptDocument, EmptyDocument
+from freshindex.errors import CorruptDocument, EmptyDocument, UnsupportedFormat
 from freshindex.runtime import patch_unstructured_spacy, prepare_offline
 from freshindex.schemas.records import Element
 
@@ -69,9 +70,8 @@ def _partition(data: bytes, content_type: str, filename: str, cfg: ParsingConfig
         from unstructured.partition.pptx import partition_pptx
 
         return partition_pptx(file=stream, metadata_filename=filename, **skip)
-    from unstructured.partition.text import partition_text
-
-    return partition_text(text=data.decode("utf-8", errors="replace"), **skip)
+    # plain text never comes here (``parsing.elements_from_text`` splits it in process)
+    raise UnsupportedFormat(f"no parser for {content_type}")
 
 
 def _pdf_page_count(data: bytes) -> int:
@@ -125,11 +125,7 @@ def warm_up_parsers() -> None:
 
     cfg = ParsingConfig()
     html = f"<html><body><h1>Warm-up</h1><p>{_WARM_UP_TEXT}</p></body></html>"
-    for content_type, text in (
-        ("text/markdown", _WARM_UP_TEXT),
-        ("text/html", html),
-        ("text/plain", _WARM_UP_TEXT),
-    ):
+    for content_type, text in (("text/markdown", _WARM_UP_TEXT), ("text/html", html)):
         partition_elements(text.encode(), content_type, "warm-up", cfg)
 
 

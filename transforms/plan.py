@@ -260,16 +260,16 @@ def nothing_changed(
     labeler: Labeler | None = None,
 ) -> bool:
     """Would the plan skip every listed document and do nothing else? Pure, like ``screen``
-    and ``decide``, which it runs on each document: True only when the listing has no error,
-    every listed file is ``UNCHANGED`` by its metadata, ``decide`` then only skips it (no new
-    labels, no new listing metadata to record), and no stored document would be deleted.
+    and ``plan_document``, which it runs on each document: True only when the listing has no
+    error, every listed file is ``UNCHANGED`` by its metadata, its plan is then only the skip
+    (no new labels, no new listing metadata to record), and no stored document would be
+    deleted.
 
     A batch run of an unchanged source then records its run without starting the pipeline
     (``pipelines.batch``); anything else, or any doubt, goes through the pipeline.
     ``ledger``: the table's ledger in pieces (``store.iter_ledger``); it is read only until
     the first document that would change.
     """
-    labeler = labeler or Labeler()
     refs: dict[str, list[SourceRef]] = {}
     for item in listed:
         if isinstance(item, ErrorRecord):
@@ -289,14 +289,44 @@ def nothing_changed(
 
 
 def _only_skipped(doc_id, refs, entry, fingerprint, sync, owns, namespace, labeler) -> bool:
-    if not refs:  # stored, not listed: nothing unless decide would delete it
-        return not any(decide(doc_id, [], [entry], fingerprint, sync, owns, namespace=namespace))
+    def plan(refs):
+        return list(
+            plan_document(
+                doc_id, refs, [entry], fingerprint, sync, owns, namespace=namespace, labeler=labeler
+            )
+        )
+
+    if not refs:  # stored, not listed: nothing unless the plan would delete it
+        return plan([]) == []
     screened = list(screen(refs, [entry], fingerprint, owns, namespace=namespace))
     if [tag for tag, _ in screened] != [UNCHANGED]:
         return False
-    labeled = [labeler.label(screened[0][1])]
-    planned = list(decide(doc_id, labeled, [entry], fingerprint, sync, owns, namespace=namespace))
-    return planned == [(SKIPPED, doc_id)] and new_source_version(labeled, [entry]) is None
+    return plan([screened[0][1]]) == [(SKIPPED, doc_id)]
+
+
+def plan_document(
+    doc_id: str,
+    refs: list[SourceRef],
+    ledger: list[Sequence],
+    fingerprint: str,
+    sync: str,
+    owns: Owns | None = None,
+    *,
+    namespace: str | None = None,
+    failed: bool = False,
+    labeler: Labeler | None = None,
+) -> Iterator[tuple[str, object]]:
+    """``decide`` on the refs with their access labels, and (REFRESHED, ...) before the skip
+    of a document whose listing metadata is new (``new_source_version``): the whole plan of
+    one document, as the pipeline's plan step and ``nothing_changed`` both run it."""
+    labeler = labeler or Labeler()
+    refs = [labeler.label(r) for r in refs]
+    for tag, value in decide(
+        doc_id, refs, ledger, fingerprint, sync, owns, namespace=namespace, failed=failed
+    ):
+        if tag == SKIPPED and (refreshed := new_source_version(refs, ledger)):
+            yield REFRESHED, refreshed
+        yield tag, value
 
 
 class _Screen(beam.DoFn):
@@ -436,25 +466,21 @@ class _Decide(beam.DoFn):
     ):
         self._fingerprint, self._sync = fingerprint, sync
         self._namespace, self._owns = namespace, owns
-        self._labeler = labeler or Labeler()
+        self._labeler = labeler
 
     def process(self, grouped):
         doc_id, groups = grouped
-        refs = [self._labeler.label(unpacked_ref(r)) for r in groups["refs"]]
-        ledger = [unpacked_entry(e) for e in groups["ledger"]]
-        failed = any(True for _ in groups.get("failed", ()))
-        for tag, value in decide(
+        for tag, value in plan_document(
             doc_id,
-            refs,
-            ledger,
+            [unpacked_ref(r) for r in groups["refs"]],
+            [unpacked_entry(e) for e in groups["ledger"]],
             self._fingerprint,
             self._sync,
             self._owns,
             namespace=self._namespace,
-            failed=failed,
+            failed=any(True for _ in groups.get("failed", ())),
+            labeler=self._labeler,
         ):
-            if tag == SKIPPED and (refreshed := new_source_version(refs, ledger)):
-                yield beam.pvalue.TaggedOutput(REFRESHED, refreshed)
             yield value if tag == PROCESS else beam.pvalue.TaggedOutput(tag, value)
 
 
